@@ -1,0 +1,3 @@
+from .dtop_vit import DToPVisionTransformer
+
+__all__ = ['DToPVisionTransformer']

@@ -1,0 +1,3 @@
+from .atm_prune_head import ATMPruneHead
+
+__all__ = ['ATMPruneHead']

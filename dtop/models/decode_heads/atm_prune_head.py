@@ -1,0 +1,241 @@
+"""ATM prune head: one query per class, cross-attention logits as mask logits.
+
+A single-stage ATM decoder (spec §1.3). Parameter names follow the official
+checkpoint layout (``input_proj``, ``proj_norm``, ``decoder.layers.N.{self_attn,
+multihead_attn.{q,k,v,proj}, linear1, linear2, norm1..3}``, ``q``, ``class_embed``)
+so official checkpoints load unchanged.
+
+The head is stateless: :meth:`forward` takes a padded batch of active tokens and
+returns class logits and mask logits; the segmentor owns the canvas and pruning.
+"""
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.model.weight_init import constant_init, trunc_normal_init
+from mmseg.models.decode_heads.decode_head import BaseDecodeHead
+from mmseg.models.losses import accuracy
+from mmseg.registry import MODELS
+from mmseg.utils import SampleList
+from torch import Tensor
+
+from ..pruning.rule import class_presence, token_scores
+from ..utils import grid_to_pixels
+
+
+class MaskCrossAttention(nn.Module):
+    """Query→token attention that also returns its head-averaged logits.
+
+    Args:
+        dim (int): channels ``d``.
+        num_heads (int): attention heads.
+        attn_drop (float): dropout on the attention probabilities.
+    """
+
+    def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.1) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'channels ({dim}) must be divisible by num_heads ({num_heads})')
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_drop = nn.Dropout(attn_drop)
+
+    def forward(self, query: Tensor, tokens: Tensor,
+                valid: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """Args:
+            query (Tensor): ``(B, Q, d)``.
+            tokens (Tensor): ``(B, n, d)``.
+            valid (Tensor, optional): ``(B, n)`` bool, False for padding.
+
+        Returns:
+            tuple: output ``(B, Q, d)`` and mask logits ``(B, Q, n)`` (mean over
+            heads of the scaled pre-softmax logits).
+        """
+        B, Q, d = query.shape
+        n = tokens.shape[1]
+        h = self.num_heads
+        q = self.q(query).view(B, Q, h, d // h).transpose(1, 2)
+        k = self.k(tokens).view(B, n, h, d // h).transpose(1, 2)
+        v = self.v(tokens).view(B, n, h, d // h).transpose(1, 2)
+        logits = (q @ k.transpose(-2, -1)) * self.scale  # (B, h, Q, n)
+        if valid is not None:
+            logits_for_softmax = logits.masked_fill(~valid[:, None, None, :], float('-inf'))
+        else:
+            logits_for_softmax = logits
+        attn = self.attn_drop(logits_for_softmax.softmax(dim=-1))
+        out = (attn @ v).transpose(1, 2).reshape(B, Q, d)
+        return self.proj(out), logits.mean(dim=1)
+
+
+class ATMDecoderLayer(nn.Module):
+    """Post-norm decoder layer: query self-attention, mask cross-attention, FFN.
+
+    Same semantics as ``nn.TransformerDecoderLayer`` (post-norm, ReLU FFN of
+    ``4d``, dropout 0.1) with the cross-attention replaced by
+    :class:`MaskCrossAttention`.
+    """
+
+    def __init__(self, dim: int, num_heads: int, ffn_ratio: int = 4,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout,
+                                               batch_first=True)
+        self.multihead_attn = MaskCrossAttention(dim, num_heads, attn_drop=dropout)
+        self.linear1 = nn.Linear(dim, dim * ffn_ratio)
+        self.linear2 = nn.Linear(dim * ffn_ratio, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.dropout3 = nn.Dropout(dropout)
+
+    def forward(self, query: Tensor, tokens: Tensor,
+                valid: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        q = self.norm1(query + self.dropout1(
+            self.self_attn(query, query, query, need_weights=False)[0]))
+        cross, mask_logits = self.multihead_attn(q, tokens, valid)
+        q = self.norm2(q + self.dropout2(cross))
+        ffn = self.linear2(self.dropout(F.relu(self.linear1(q))))
+        q = self.norm3(q + self.dropout3(ffn))
+        return q, mask_logits
+
+
+class ATMDecoder(nn.Module):
+    """A stack of :class:`ATMDecoderLayer`; returns the last layer's mask logits."""
+
+    def __init__(self, dim: int, num_heads: int, num_layers: int,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            ATMDecoderLayer(dim, num_heads, dropout=dropout) for _ in range(num_layers))
+
+    def forward(self, query: Tensor, tokens: Tensor,
+                valid: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        mask_logits = None
+        for layer in self.layers:
+            query, mask_logits = layer(query, tokens, valid)
+        return query, mask_logits
+
+
+@MODELS.register_module()
+class ATMPruneHead(BaseDecodeHead):
+    """Single-stage ATM head used after every DToP stage.
+
+    Args:
+        in_channels (int): backbone width ``D``.
+        channels (int): head width ``d`` (384 for ViT-B, 512 for ViT-L).
+        num_classes (int): number of classes ``Q`` (one query each).
+        num_heads (int): attention heads of the decoder. Default 6.
+        num_layers (int): decoder layers. Default 3.
+        dropout (float): dropout in the decoder. Default 0.1.
+        loss_decode (dict): the mask-classification loss (``ATMLoss``).
+        **kwargs: other ``BaseDecodeHead`` arguments (``align_corners``,
+            ``ignore_index``, ...). ``conv_seg`` and mmseg's dropout are unused.
+    """
+
+    def __init__(self,
+                 in_channels: int,
+                 channels: int,
+                 num_classes: int,
+                 num_heads: int = 6,
+                 num_layers: int = 3,
+                 dropout: float = 0.1,
+                 loss_decode: dict = dict(type='ATMLoss'),
+                 init_cfg: Optional[dict] = None,
+                 **kwargs) -> None:
+        if isinstance(loss_decode, dict) and loss_decode.get('type') == 'ATMLoss':
+            loss_decode = dict(loss_decode)
+            loss_decode.setdefault('num_classes', num_classes)
+        super().__init__(in_channels, channels, num_classes=num_classes,
+                         loss_decode=loss_decode, init_cfg=init_cfg,
+                         dropout_ratio=0., **kwargs)
+        del self.conv_seg
+        if num_layers < 1:
+            raise ValueError(f'num_layers must be >= 1, got {num_layers}')
+        self.num_heads = num_heads
+        self.input_proj = nn.Linear(in_channels, channels)
+        self.proj_norm = nn.LayerNorm(channels)
+        self.decoder = ATMDecoder(channels, num_heads, num_layers, dropout)
+        self.q = nn.Embedding(num_classes, channels)
+        self.class_embed = nn.Linear(channels, 2)
+
+    def init_weights(self) -> None:
+        """Truncated-normal Linear (std 0.02, bias 0), LN (1, 0); queries N(0, 1)."""
+        if self.init_cfg is not None:
+            super().init_weights()
+            return
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_init(m, std=.02, bias=0)
+            elif isinstance(m, nn.LayerNorm):
+                constant_init(m, val=1.0, bias=0.0)
+        # As the official head: nn.MultiheadAttention's in_proj keeps PyTorch's
+        # xavier init (it is not an nn.Linear); its out_proj is re-initialised above.
+        self._is_init = True
+
+    def forward(self, tokens: Tensor, valid: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """Decode one stage.
+
+        Args:
+            tokens (Tensor): ``(B, n, D)`` active backbone tokens (padded).
+            valid (Tensor, optional): ``(B, n)`` bool, False for padding slots.
+
+        Returns:
+            tuple: class logits ``(B, Q, 2)`` and mask logits ``(B, Q, n)``
+            (values at padding slots are meaningless).
+        """
+        if tokens.dim() != 3:
+            raise ValueError(f'ATMPruneHead expects tokens (B, n, C), got {tuple(tokens.shape)}')
+        x = self.proj_norm(self.input_proj(tokens))
+        query = self.q.weight.unsqueeze(0).expand(x.shape[0], -1, -1)
+        query, mask_logits = self.decoder(query, x, valid)
+        return self.class_embed(query), mask_logits
+
+    @staticmethod
+    def scores(cls_logits: Tensor, mask_logits: Tensor) -> Tensor:
+        """``P_c * sigmoid(mask_logit)``; see :func:`token_scores`."""
+        return token_scores(cls_logits, mask_logits)
+
+    def loss_by_feat(self, seg_logits: Tuple[Tensor, Tensor],
+                     batch_data_samples: SampleList,
+                     patch_size: Optional[int] = None) -> Dict[str, Tensor]:
+        """Mask-classification losses of one head.
+
+        Args:
+            seg_logits (tuple): class logits ``(B, Q, 2)`` and the canvas of mask
+                logits ``(B, Q, h, w)`` at token resolution.
+            batch_data_samples (list[SegDataSample]): with ``gt_sem_seg``.
+            patch_size (int, optional): pixels per token side; when given, the
+                grid is mapped to pixels exactly (corner padding aware), else it
+                is resized to the label size.
+
+        Returns:
+            dict: ``loss_ce``, ``loss_mask``, ``loss_dice`` and ``acc_seg``.
+        """
+        cls_logits, mask_logits = seg_logits
+        seg_label = self._stack_batch_gt(batch_data_samples).squeeze(1)  # (B, H, W)
+        size = seg_label.shape[-2:]
+        if patch_size is None:
+            patch_size = -(-size[0] // mask_logits.shape[-2])
+            if patch_size * mask_logits.shape[-1] < size[1]:
+                patch_size = -(-size[1] // mask_logits.shape[-1])
+
+        def upsample(t: Tensor) -> Tensor:
+            return grid_to_pixels(t, size, patch_size, self.align_corners)
+
+        losses = dict(self.loss_decode(cls_logits, mask_logits, seg_label, upsample))
+        with torch.no_grad():
+            pred = class_presence(cls_logits)[..., None, None] * upsample(mask_logits).sigmoid()
+            losses['acc_seg'] = accuracy(pred, seg_label, ignore_index=self.ignore_index)
+        return losses
+
+    def predict_by_feat(self, seg_logits: Tensor, batch_img_metas: List[dict]) -> Tensor:
+        raise NotImplementedError('ATMPruneHead is driven by DToPEncoderDecoder, which '
+                                  'assembles the final map from all stages.')

@@ -1,0 +1,3 @@
+from .atm_loss import ATMLoss
+
+__all__ = ['ATMLoss']

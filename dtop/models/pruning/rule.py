@@ -1,0 +1,99 @@
+"""The DToP pruning rule as pure tensor functions (spec §2.2).
+
+After each auxiliary head every still-active token gets a confidence
+``max_c P_c * sigmoid(A(c, t))``. Tokens whose confidence is *strictly* greater
+than ``p0`` are exit candidates. For every class that is the argmax of at least
+one candidate, the ``min(k, count)`` highest-scoring candidates of that class stay
+active (they keep context); every other candidate exits, permanently.
+
+Everything here is batched: no Python loop over images or classes.
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+
+def class_presence(cls_logits: Tensor) -> Tensor:
+    """Probability that each query's class is present.
+
+    Args:
+        cls_logits (Tensor): ``(B, Q, 2)`` logits of ["present", "no object"].
+
+    Returns:
+        Tensor: ``(B, Q)`` softmax probability of "present".
+    """
+    return cls_logits.softmax(dim=-1)[..., 0]
+
+
+def token_scores(cls_logits: Tensor, mask_logits: Tensor) -> Tensor:
+    """Per-class, per-token probabilities ``P_c * sigmoid(A(c, t))``.
+
+    Args:
+        cls_logits (Tensor): ``(B, Q, 2)`` class-presence logits.
+        mask_logits (Tensor): ``(B, Q, N)`` mask logits (attention logits).
+
+    Returns:
+        Tensor: ``(B, Q, N)`` scores in ``[0, 1]``.
+    """
+    return class_presence(cls_logits).unsqueeze(-1) * mask_logits.sigmoid()
+
+
+@torch.no_grad()
+def select_exits(scores: Tensor,
+                 threshold: float,
+                 keep_topk: int = 5,
+                 valid: Optional[Tensor] = None) -> Tensor:
+    """Decide which tokens exit at this stage.
+
+    Args:
+        scores (Tensor): ``(B, Q, N)`` per-class token scores (see
+            :func:`token_scores`).
+        threshold (float): ``p0``; a token is a candidate iff its max score is
+            strictly greater than it.
+        keep_topk (int): ``k``; per image and argmax class, the ``min(k, count)``
+            highest-scoring candidates stay active. ``0`` lets all exit.
+        valid (Tensor, optional): ``(B, N)`` bool, False for padding slots,
+            which never exit. ``None`` means all slots are real tokens.
+
+    Returns:
+        Tensor: ``(B, N)`` bool, True for tokens that exit now.
+    """
+    conf, cls_idx = scores.max(dim=1)  # (B, N)
+    cand = conf > threshold
+    if valid is not None:
+        cand &= valid
+    if keep_topk <= 0 or not bool(cand.any()):
+        return cand
+    num_classes = scores.shape[1]
+    # Per (image, class): candidates' confidences, -inf elsewhere.
+    onehot = torch.nn.functional.one_hot(cls_idx, num_classes).transpose(1, 2).bool()
+    per_class = torch.where(onehot & cand.unsqueeze(1), conf.unsqueeze(1),
+                            conf.new_tensor(float('-inf')))  # (B, Q, N)
+    k = min(keep_topk, per_class.shape[-1])
+    top_val, top_idx = per_class.topk(k, dim=-1)  # (B, Q, k)
+    # Only real candidates (finite value) are spared; the -inf fillers are not.
+    spared = torch.zeros(per_class.shape, dtype=torch.bool, device=scores.device)
+    spared.scatter_(-1, top_idx, torch.isfinite(top_val))
+    keep = spared.any(dim=1)
+    return cand & ~keep
+
+
+def compact(keep: Tensor) -> Tuple[Tensor, Tensor]:
+    """Order that moves each image's kept slots to the front.
+
+    Args:
+        keep (Tensor): ``(B, n)`` bool, slots that stay.
+
+    Returns:
+        tuple: ``order`` ``(B, n_new)`` long indices into the ``n`` slots (kept
+        slots first, in their original order) and ``valid`` ``(B, n_new)`` bool,
+        False for padding slots. ``n_new`` is the largest kept count in the
+        batch.
+    """
+    counts = keep.sum(dim=1)
+    n_new = int(counts.max()) if keep.numel() else 0
+    # Stable sort of "not kept" puts kept slots first, preserving their order.
+    order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :n_new]
+    valid = torch.arange(n_new, device=keep.device).unsqueeze(0) < counts.unsqueeze(1)
+    return order, valid

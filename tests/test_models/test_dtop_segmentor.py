@@ -1,0 +1,235 @@
+"""DToPEncoderDecoder: dense equivalence, batch equivalence, fast path vs reference,
+gradients through the canvas, arbitrary grids."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from mmengine.structures import PixelData
+from mmseg.models.backbones import VisionTransformer
+from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+
+import dtop  # noqa: F401
+from dtop.testing import tiny_dtop_model_cfg
+from test_pruning_rule import reference_exits
+
+NUM_CLASSES = 5
+
+
+def build(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    model = MODELS.build(tiny_dtop_model_cfg(num_classes=NUM_CLASSES, **kwargs))
+    model.init_weights()
+    sharpen(model, seed)
+    return model.eval()
+
+
+def sharpen(model, seed):
+    """Give random heads confident, spread-out scores so that pruning happens."""
+    g = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        for head in model.stage_heads:
+            head.class_embed.bias.copy_(torch.tensor([2.5, -2.5]))
+            cross = head.decoder.layers[-1].multihead_attn
+            cross.q.weight.mul_(40)
+            cross.k.weight.mul_(40)
+            cross.k.bias.copy_(torch.randn(cross.k.bias.shape, generator=g))
+
+
+def images(n, h=64, w=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, h, w, generator=g) * torch.linspace(0.5, 2.0, n).view(n, 1, 1, 1)
+
+
+def dense_reference(model, x):
+    """Same weights as a plain dense model: mmseg's ViT + heads on all tokens."""
+    bb = model.backbone
+    ref = VisionTransformer(img_size=bb.img_size, patch_size=16, embed_dims=32,
+                            num_layers=len(bb.layers), num_heads=2, mlp_ratio=2,
+                            out_indices=bb.out_indices, with_cls_token=False,
+                            norm_cfg=dict(type='LN', eps=1e-6))
+    ref.load_state_dict(bb.state_dict())
+    ref.eval()
+    feats = ref(x)
+    tokens = feats[-1].flatten(2).transpose(1, 2)
+    cls, mask = model.decode_head(tokens)
+    h, w = feats[-1].shape[-2:]
+    probs = cls.softmax(-1)[..., 0, None, None] * mask.sigmoid().view(x.shape[0], -1, h, w)
+    return F.interpolate(probs, size=x.shape[-2:], mode='bilinear', align_corners=False)
+
+
+def test_threshold_one_equals_dense_model():
+    model = build(prune_threshold=1.0)
+    x = images(2)
+    with torch.no_grad():
+        got = model._forward(x)
+        ref = dense_reference(model, x)
+        out = model.run_stages(x)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    assert (out.active_counts == 16).all()
+    assert (out.exit_stage == 2).all()
+
+
+def test_pruning_disabled_by_none_and_above_one():
+    x = images(2)
+    with torch.no_grad():
+        a = build(prune_threshold=None)._forward(x)
+        b = build(prune_threshold=[1.5, 1.0])._forward(x)
+        c = build(prune_threshold=1.0)._forward(x)
+    assert torch.equal(a, c) and torch.equal(b, c)
+
+
+@pytest.mark.parametrize('k', [1, 5])
+def test_batch_equals_images_one_by_one(k):
+    model = build(seed=1, prune_threshold=[0.55, 0.5], keep_topk_per_class=k,
+                  img_size=(96, 96))
+    x = images(4, 96, 96, seed=1)
+    with torch.no_grad():
+        batched = model.run_stages(x)
+        singles = [model.run_stages(x[i:i + 1]) for i in range(4)]
+    counts = batched.active_counts
+    assert (counts[:, 1] < 36).any(), 'pruning did not happen; test is vacuous'
+    assert len({tuple(c.tolist()) for c in counts}) > 1, 'images share a pattern'
+    for i, single in enumerate(singles):
+        assert torch.equal(counts[i], single.active_counts[0])
+        assert torch.equal(batched.exit_stage[i], single.exit_stage[0])
+        for (cb, mb), (cs, ms) in zip(batched.head_outputs, single.head_outputs):
+            torch.testing.assert_close(cb[i], cs[0], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(mb[i], ms[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(batched.final_probs()[i], single.final_probs()[0],
+                                   rtol=1e-5, atol=1e-6)
+
+
+def reference_forward(model, img):
+    """Recompute each stage literally on the gathered active tokens of one image."""
+    bb = model.backbone
+    x, (h, w) = bb.embed(img)
+    N = h * w
+    active = torch.arange(N)
+    canvas = torch.zeros(1, NUM_CLASSES, N)
+    counts = []
+    for s, ((start, end), head) in enumerate(zip(bb.stage_ranges, model.stage_heads)):
+        xa = x[:, active]
+        for layer in bb.layers[start:end]:
+            xa = layer(xa)  # mmseg's own layer: nn.MultiheadAttention, no masks
+        x = x.clone()
+        x[:, active] = xa
+        counts.append(len(active))
+        cls, mask = head(xa)
+        canvas = canvas.clone()
+        canvas[:, :, active] = mask
+        p0 = model.prune_threshold[s] if s < len(model.stage_heads) - 1 else None
+        if p0 is not None:
+            scores = cls.softmax(-1)[..., 0, None] * mask.sigmoid()
+            exits = reference_exits(scores, p0, model.keep_topk_per_class)[0]
+            active = active[~exits]
+    probs = cls.softmax(-1)[..., 0, None] * canvas.sigmoid()
+    return probs.view(1, NUM_CLASSES, h, w), counts
+
+
+@pytest.mark.parametrize('p0', [0.3, 0.6, 0.9])
+def test_fast_path_equals_per_image_reference(p0):
+    model = build(seed=2, prune_threshold=p0, keep_topk_per_class=2, img_size=(80, 96))
+    x = images(3, 80, 96, seed=2)
+    with torch.no_grad():
+        fast = model.run_stages(x)
+        for i in range(3):
+            ref, counts = reference_forward(model, x[i:i + 1])
+            assert fast.active_counts[i].tolist() == counts
+            torch.testing.assert_close(fast.final_probs()[i:i + 1], ref, rtol=1e-5, atol=1e-6)
+    assert (fast.active_counts[:, -1] < 30).all(), 'pruning did not happen'
+
+
+def samples_with_labels(n, h, w, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        label = torch.randint(0, NUM_CLASSES, (1, h, w), generator=g)
+        label[:, :4, :4] = 255
+        ds = SegDataSample(gt_sem_seg=PixelData(data=label))
+        ds.set_metainfo(dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
+        out.append(ds)
+    return out
+
+
+def test_gradient_reaches_first_head_through_exited_canvas():
+    model = build(seed=3, prune_threshold=0.5, keep_topk_per_class=1).train()
+    for m in model.modules():  # deterministic selection for the test
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    x = images(2, seed=3)
+    data = samples_with_labels(2, 64, 64)
+    losses = model.loss(x, data)
+    assert float(losses['prune.keep_ratio_s1']) < 1.0, 'nothing exited'
+    model.zero_grad()
+    sum(v for k, v in losses.items() if k.startswith('decode.loss')).backward()
+    g = model.auxiliary_head[0].decoder.layers[-1].multihead_attn.k.weight.grad
+    assert g is not None and g.abs().sum() > 0
+    # Without pruning the decode loss does not depend on the first head at all.
+    dense = build(seed=3, prune_threshold=1.0).train()
+    losses = dense.loss(x, data)
+    sum(v for k, v in losses.items() if k.startswith('decode.loss')).backward()
+    g = dense.auxiliary_head[0].decoder.layers[-1].multihead_attn.k.weight.grad
+    assert g is None or g.abs().sum() == 0
+
+
+def test_loss_keys_and_finite():
+    model = build(seed=4, prune_threshold=0.5).train()
+    losses = model.loss(images(2, seed=4), samples_with_labels(2, 64, 64, seed=4))
+    for prefix in ('aux_0', 'aux_1', 'decode'):
+        for term in ('loss_ce', 'loss_mask', 'loss_dice', 'acc_seg'):
+            assert torch.isfinite(losses[f'{prefix}.{term}']).all()
+    assert 'prune.keep_ratio_s2' in losses
+
+
+@pytest.mark.parametrize('mode', ['whole', 'slide'])
+@pytest.mark.parametrize('hw', [(48, 80), (80, 112), (50, 70)])
+def test_predict_any_grid(mode, hw):
+    h, w = hw
+    cfg_kwargs = dict(seed=5, prune_threshold=0.5, img_size=(48, 48), test_mode=mode)
+    model = build(**cfg_kwargs)
+    x = images(2, h, w, seed=5)
+    data = samples_with_labels(2, h, w)
+    for ds in data:
+        ds.set_metainfo(dict(ori_shape=(h + 7, w - 3)))
+    with torch.no_grad():
+        results = model.predict(x, copy.deepcopy(data))
+    for r in results:
+        assert r.pred_sem_seg.data.shape == (1, h + 7, w - 3)
+        assert r.seg_logits.data.shape == (NUM_CLASSES, h + 7, w - 3)
+        stats = r.metainfo['dtop_stats']
+        assert stats['exit_map'].shape == (h, w)
+        assert stats['token_counts'].shape[1] == 3
+        assert int(stats['exit_map'].max()) <= 2
+
+
+def test_slide_equals_mmseg_window_loop():
+    """Batched crops give what mmseg's crop-by-crop loop gives."""
+    model = build(seed=6, prune_threshold=0.5, img_size=(48, 48), test_mode='slide')
+    x = images(2, 80, 112, seed=6)
+    metas = [dict(ori_shape=(80, 112), img_shape=(80, 112))] * 2
+    with torch.no_grad():
+        ours = model.slide_inference(x, metas)
+        mmseg_loop = super(type(model), model).slide_inference(x, copy.deepcopy(metas))
+    torch.testing.assert_close(ours, mmseg_loop, rtol=1e-5, atol=1e-6)
+
+
+def test_config_errors_are_clear():
+    cfg = tiny_dtop_model_cfg(num_classes=NUM_CLASSES)
+    bad = copy.deepcopy(cfg)
+    bad['auxiliary_head'] = bad['auxiliary_head'][:1]
+    with pytest.raises(ValueError, match='auxiliary heads'):
+        MODELS.build(bad)
+    bad = copy.deepcopy(cfg)
+    bad['prune_threshold'] = [0.9]
+    with pytest.raises(ValueError, match='prune_threshold'):
+        MODELS.build(bad)
+    bad = copy.deepcopy(cfg)
+    bad['prune_threshold'] = -0.1
+    with pytest.raises(ValueError, match='prune_threshold'):
+        MODELS.build(bad)
+    bad = copy.deepcopy(cfg)
+    bad['decode_head']['in_channels'] = 48
+    with pytest.raises(ValueError, match='in_channels'):
+        MODELS.build(bad)
