@@ -16,7 +16,8 @@ VIT_L = dict(embed_dims=1024, num_layers=24, num_heads=16, out_indices=[7, 15, 2
 def _common(img_size):
     return dict(img_size=img_size, patch_size=16, mlp_ratio=4, qkv_bias=True,
                 with_cls_token=False, norm_cfg=dict(type='LN', eps=1e-6),
-                final_norm=False, patch_norm=False, interpolate_mode='bicubic')
+                final_norm=False, patch_norm=False, patch_bias=True,
+                interpolate_mode='bicubic')
 
 
 @pytest.mark.parametrize('dims,img', [(VIT_B, (512, 512)), (VIT_L, (640, 640))],
@@ -96,3 +97,8 @@ def test_stage_ranges_and_bad_out_indices():
         DToPVisionTransformer(**tiny(out_indices=[1, 2]))
     with pytest.raises(ValueError, match='with_cls_token'):
         DToPVisionTransformer(**dict(tiny(), with_cls_token=True))
+
+
+def test_patch_bias_on_by_default_as_in_official_checkpoints():
+    bb = DToPVisionTransformer(**{k: v for k, v in tiny().items() if k != 'patch_bias'})
+    assert 'patch_embed.projection.bias' in bb.state_dict()

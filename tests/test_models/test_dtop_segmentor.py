@@ -48,7 +48,7 @@ def dense_reference(model, x):
     ref = VisionTransformer(img_size=bb.img_size, patch_size=16, embed_dims=32,
                             num_layers=len(bb.layers), num_heads=2, mlp_ratio=2,
                             out_indices=bb.out_indices, with_cls_token=False,
-                            norm_cfg=dict(type='LN', eps=1e-6))
+                            norm_cfg=dict(type='LN', eps=1e-6), patch_bias=True)
     ref.load_state_dict(bb.state_dict())
     ref.eval()
     feats = ref(x)

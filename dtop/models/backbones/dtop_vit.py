@@ -71,12 +71,16 @@ class DToPVisionTransformer(VisionTransformer):
             a head runs after each (e.g. ``[5, 7, 11]`` for ViT-B).
         with_cls_token (bool): must be False (DToP drops the cls token before
             layer 0; its position-embedding slot is kept for checkpoint layout).
+        patch_bias (bool): bias in the patch-embedding conv. Default True (mmseg's
+            default is False): the Segmenter ImageNet checkpoints and the official
+            DToP checkpoints carry ``patch_embed.projection.bias``.
         **kwargs: everything else of mmseg's ``VisionTransformer``.
     """
 
     def __init__(self,
                  out_indices: Sequence[int] = (5, 7, 11),
                  with_cls_token: bool = False,
+                 patch_bias: bool = True,
                  **kwargs) -> None:
         if with_cls_token or kwargs.get('output_cls_token', False):
             raise ValueError('DToPVisionTransformer needs with_cls_token=False and '
@@ -85,7 +89,8 @@ class DToPVisionTransformer(VisionTransformer):
             raise ValueError('DToPVisionTransformer supports final_norm=False and '
                              'out_origin=False only (as every DToP config).')
         out_indices = list(out_indices) if not isinstance(out_indices, int) else [out_indices]
-        super().__init__(out_indices=out_indices, with_cls_token=False, **kwargs)
+        super().__init__(out_indices=out_indices, with_cls_token=False,
+                         patch_bias=patch_bias, **kwargs)
         num_layers = len(self.layers)
         resolved = [i % num_layers for i in out_indices]
         if sorted(set(resolved)) != resolved or resolved[-1] != num_layers - 1:
