@@ -1,0 +1,28 @@
+# Runtime shared by every DToP config (mmengine / mmseg 1.x).
+#
+# `custom_imports` registers the DToP modules (backbone, heads, loss, segmentor)
+# into mmseg's registries before anything is built.
+custom_imports = dict(imports=['dtop'], allow_failed_imports=False)
+default_scope = 'mmseg'
+
+# `dist_cfg.backend` is 'nccl' for GPU runs; tools/train.py and tools/test.py switch
+# it to 'gloo' (and build DDP without device_ids) when no CUDA device is visible.
+env_cfg = dict(
+    cudnn_benchmark=True,
+    mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+    dist_cfg=dict(backend='nccl'),
+)
+
+# As the official configs: DDP with find_unused_parameters=True (mmengine's Runner
+# and tools/train.py read this key when they build MMDistributedDataParallel).
+find_unused_parameters = True
+
+vis_backends = [dict(type='LocalVisBackend')]
+visualizer = dict(
+    type='SegLocalVisualizer', vis_backends=vis_backends, name='visualizer')
+log_processor = dict(by_epoch=False)
+log_level = 'INFO'
+load_from = None
+resume = False
+
+tta_model = dict(type='SegTTAModel')

@@ -1,0 +1,139 @@
+"""Test (evaluate) a DToP / SegViT checkpoint (mmseg 1.x style).
+
+Examples::
+
+    python tools/test.py CONFIG CHECKPOINT                       # one process
+    bash tools/dist_test.sh CONFIG CHECKPOINT [--out DIR] [--show-dir DIR]
+
+The metrics (mIoU, ...) are printed by the Runner at the end. ``--out`` saves the
+predicted label maps as PNG files; ``--show-dir`` saves painted predictions.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from dtop.utils import allow_full_checkpoint_unpickling  # noqa: E402
+
+allow_full_checkpoint_unpickling()
+
+from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.registry import RUNNERS  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+from dtop.utils.launch import LAUNCHERS, prepare_distributed  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line arguments (mmseg 1.x ``tools/test.py`` compatible)."""
+    parser = argparse.ArgumentParser(description='Test (and evaluate) a DToP segmentor')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file (path or URL)')
+    parser.add_argument(
+        '--work-dir',
+        help='if specified, the evaluation metric results are dumped into the '
+        'directory as json')
+    parser.add_argument(
+        '--out',
+        type=str,
+        help='directory where the predicted label maps are saved (PNG)')
+    parser.add_argument('--show', action='store_true', help='show prediction results')
+    parser.add_argument(
+        '--show-dir',
+        help='directory where painted images (ground truth | prediction) of every '
+        'test image are saved, under SHOW_DIR/vis_data/vis_image/')
+    parser.add_argument(
+        '--wait-time', type=float, default=2, help='the interval of show (s)')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings of the config, key=value pairs such as '
+        'model.prune_threshold=0.9')
+    parser.add_argument(
+        '--launcher', choices=LAUNCHERS, default='none', help='job launcher')
+    parser.add_argument('--tta', action='store_true', help='test-time augmentation')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def trigger_visualization_hook(cfg: Config, args: argparse.Namespace) -> Config:
+    """Turn on the ``SegVisualizationHook`` for ``--show`` / ``--show-dir``."""
+    default_hooks = cfg.default_hooks
+    if 'visualization' not in default_hooks:
+        raise RuntimeError(
+            '--show/--show-dir need a visualization hook in default_hooks, e.g. '
+            "default_hooks = dict(visualization=dict(type='SegVisualizationHook')).")
+    hook = default_hooks['visualization']
+    hook['draw'] = True
+    hook['interval'] = 1  # every test image (mmseg's hook defaults to every 50th)
+    if args.show:
+        hook['show'] = True
+        hook['wait_time'] = args.wait_time
+    if args.show_dir:
+        cfg.visualizer['save_dir'] = args.show_dir
+    return cfg
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """Load the config and apply the command-line settings.
+
+    Raises:
+        FileNotFoundError: missing config or checkpoint file.
+    """
+    if not osp.isfile(args.config):
+        raise FileNotFoundError(f'config file not found: {args.config}')
+    if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
+        raise FileNotFoundError(f'checkpoint not found: {args.checkpoint}')
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+
+    cfg.load_from = args.checkpoint
+    cfg.resume = False
+
+    if args.show or args.show_dir:
+        cfg = trigger_visualization_hook(cfg, args)
+
+    if args.tta:
+        if 'tta_pipeline' not in cfg or 'tta_model' not in cfg:
+            raise KeyError('--tta needs `tta_pipeline` and `tta_model` in the config '
+                           '(the dataset and runtime bases define them).')
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+
+    if args.out is not None:
+        evaluators = cfg.test_evaluator
+        for evaluator in (evaluators if isinstance(evaluators, list) else [evaluators]):
+            evaluator['output_dir'] = args.out
+            evaluator['keep_results'] = True
+    return cfg
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    cfg = build_config(args)
+    prepare_distributed(cfg, args.launcher)
+    if 'runner_type' not in cfg:
+        runner = Runner.from_cfg(cfg)
+    else:
+        runner = RUNNERS.build(cfg)
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,140 @@
+"""Train a DToP / SegViT segmentor (mmseg 1.x style).
+
+Examples::
+
+    # one process (CPU or one GPU)
+    python tools/train.py configs/segvit/segvit_vit-b16_4xb4-160k_ade20k-512x512.py
+    # several processes: use the launchers (torchrun, NCCL on GPUs, gloo on CPU)
+    bash tools/dist_train.sh CONFIG WORK_DIR [--resume] [--amp] [--cfg-options k=v ...]
+    bash tools/dist_train_load.sh PRUNE_CONFIG WORK_DIR BASE_CKPT
+
+``--resume`` continues from the latest checkpoint in the work directory (or from
+``load_from`` if the config sets it), restoring optimizer, scheduler and iteration.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+# Make the repository importable when the script is run from a checkout without
+# `pip install -e .`.
+_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from dtop.utils import allow_full_checkpoint_unpickling  # noqa: E402
+
+allow_full_checkpoint_unpickling()
+
+import torch  # noqa: E402
+from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.logging import print_log  # noqa: E402
+from mmengine.registry import RUNNERS  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+from dtop.utils.launch import LAUNCHERS, prepare_distributed  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line arguments (mmseg 1.x ``tools/train.py`` compatible)."""
+    parser = argparse.ArgumentParser(description='Train a DToP segmentor')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument(
+        '--resume',
+        action='store_true',
+        default=False,
+        help='resume from the latest checkpoint in the work_dir automatically')
+    parser.add_argument(
+        '--amp',
+        action='store_true',
+        default=False,
+        help='enable automatic-mixed-precision training (CUDA only)')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings of the config, key=value pairs such as '
+        'train_cfg.max_iters=40000 or load_from=work_dirs/base/iter_160000.pth')
+    parser.add_argument(
+        '--launcher', choices=LAUNCHERS, default='none', help='job launcher')
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """Load the config and apply the command-line settings.
+
+    Args:
+        args (argparse.Namespace): from :func:`parse_args`.
+
+    Returns:
+        Config: ready for :func:`prepare_distributed` and the Runner.
+
+    Raises:
+        FileNotFoundError: missing config file or ``load_from`` checkpoint.
+        RuntimeError: ``--amp`` without a CUDA device.
+    """
+    if not osp.isfile(args.config):
+        raise FileNotFoundError(f'config file not found: {args.config}')
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+
+    # work_dir priority: CLI > config > ./work_dirs/<config name>
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+
+    if args.amp:
+        if not torch.cuda.is_available():
+            raise RuntimeError('--amp needs a CUDA device (mmengine AmpOptimWrapper); '
+                               'drop --amp to train in fp32 on CPU.')
+        optim_wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+        if optim_wrapper == 'AmpOptimWrapper':
+            print_log('AMP is already enabled in the config.', logger='current')
+        else:
+            if optim_wrapper != 'OptimWrapper':
+                raise ValueError(f'--amp works with optim_wrapper type OptimWrapper, '
+                                 f'but the config uses {optim_wrapper!r}.')
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.loss_scale = 'dynamic'
+
+    cfg.resume = args.resume
+
+    load_from = cfg.get('load_from')
+    if load_from and '://' not in str(load_from) and not osp.isfile(load_from):
+        raise FileNotFoundError(
+            f'load_from checkpoint not found: {load_from}. Pass an existing BASE '
+            'checkpoint (e.g. WORK_DIR/iter_160000.pth) or a URL.')
+    threshold = cfg.get('model', {}).get('prune_threshold', None)
+    thresholds = threshold if isinstance(threshold, (list, tuple)) else [threshold]
+    prunes = any(t is not None and t < 1 for t in thresholds)
+    if prunes and not load_from and not cfg.resume:
+        print_log('This is a prune fine-tune config (prune_threshold < 1) but no '
+                  'load_from is set: training starts from the ImageNet backbone and '
+                  'random heads, not from a BASE model. Use tools/dist_train_load.sh '
+                  'CONFIG WORK_DIR BASE_CKPT for the paper workflow.',
+                  logger='current', level=30)
+    return cfg
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    cfg = build_config(args)
+    prepare_distributed(cfg, args.launcher)
+    if 'runner_type' not in cfg:
+        runner = Runner.from_cfg(cfg)
+    else:
+        runner = RUNNERS.build(cfg)
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()
