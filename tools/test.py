@@ -17,14 +17,11 @@ _ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from dtop.utils import allow_full_checkpoint_unpickling  # noqa: E402
-
-allow_full_checkpoint_unpickling()
-
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
+from dtop.utils import allow_full_checkpoint_unpickling  # noqa: E402
 from dtop.utils.launch import LAUNCHERS, prepare_distributed  # noqa: E402
 
 
@@ -125,6 +122,8 @@ def build_config(args: argparse.Namespace) -> Config:
 
 
 def main(argv=None) -> None:
+    # mmengine checkpoints need full unpickling under torch>=2.6 (docs/environment.md).
+    allow_full_checkpoint_unpickling()
     args = parse_args(argv)
     cfg = build_config(args)
     prepare_distributed(cfg, args.launcher)

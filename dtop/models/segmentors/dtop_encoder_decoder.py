@@ -210,8 +210,8 @@ class DToPEncoderDecoder(EncoderDecoder):
             if threshold is None:
                 continue
             with torch.no_grad():
-                exits = select_exits(token_scores(cls_logits, mask_logits), threshold,
-                                     self.keep_topk_per_class, valid)
+                exits = self.select_stage_exits(s, cls_logits, mask_logits, valid,
+                                                threshold)
                 if not bool(exits.any()):
                     continue
                 slot_pos = pos if pos is not None else \
@@ -227,6 +227,27 @@ class DToPEncoderDecoder(EncoderDecoder):
                             active_counts=torch.stack(counts, dim=1),
                             exit_stage=exit_stage[:, :N].reshape(B, h, w),
                             features=features)
+
+    def select_stage_exits(self, stage: int, cls_logits: Tensor, mask_logits: Tensor,
+                           valid: Optional[Tensor], threshold: float) -> Tensor:
+        """Which active tokens exit after ``stage`` (the DToP rule, spec §2.2).
+
+        The one place the stage loop asks for the pruning decision; override it
+        to change the rule (e.g. the benchmark's fixed keep ratio). Called under
+        ``torch.no_grad()`` for stages whose threshold is not None.
+
+        Args:
+            stage (int): index of the auxiliary stage that just ran.
+            cls_logits (Tensor): ``(B, Q, 2)`` class logits of its head.
+            mask_logits (Tensor): ``(B, Q, n)`` mask logits of the active slots.
+            valid (Tensor, optional): ``(B, n)`` bool, False for padding slots.
+            threshold (float): ``p0`` of this stage.
+
+        Returns:
+            Tensor: ``(B, n)`` bool, True for slots that exit now (never padding).
+        """
+        return select_exits(token_scores(cls_logits, mask_logits), threshold,
+                            self.keep_topk_per_class, valid)
 
     # ---------------------------------------------------------- mmseg API
     def extract_feat(self, inputs: Tensor) -> List[Tensor]:
