@@ -5,5 +5,6 @@ Importing :mod:`dtop` registers its modules into mmsegmentation's registries
 """
 from .version import __version__
 from . import models  # noqa: F401  (registers modules)
+from . import datasets, engine, evaluation, visualization  # noqa: F401,E402
 
 __all__ = ['__version__']

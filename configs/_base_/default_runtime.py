@@ -18,8 +18,16 @@ env_cfg = dict(
 find_unused_parameters = True
 
 vis_backends = [dict(type='LocalVisBackend')]
+# DToPVisualizer = mmseg's SegLocalVisualizer + the token exit-map panel
+# (drawn by `tools/test.py --show-dir`).
 visualizer = dict(
-    type='SegLocalVisualizer', vis_backends=vis_backends, name='visualizer')
+    type='DToPVisualizer', vis_backends=vis_backends, name='visualizer')
+# FlopsMetricDimsHook hands the model's dimensions to IoUFlopsMetric (dynamic GFLOPs);
+# PruneStatsHook logs per-stage keep ratios while training with pruning live.
+custom_hooks = [
+    dict(type='FlopsMetricDimsHook'),
+    dict(type='PruneStatsHook', interval=50),
+]
 log_processor = dict(by_epoch=False)
 log_level = 'INFO'
 load_from = None

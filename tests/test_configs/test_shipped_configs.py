@@ -142,7 +142,8 @@ def test_config_follows_the_recipe(row, kind):
     test_steps = {s.type: s for s in cfg.test_dataloader.dataset.pipeline}
     assert tuple(test_steps['Resize'].scale) == e['scale'] and test_steps['Resize'].keep_ratio
     assert cfg.test_dataloader == cfg.val_dataloader
-    assert cfg.val_evaluator.type == 'IoUMetric' and cfg.val_evaluator.iou_metrics == ['mIoU']
+    assert cfg.val_evaluator.type == 'IoUFlopsMetric' and cfg.val_evaluator.iou_metrics == ['mIoU']
+    assert {h.type for h in cfg.custom_hooks} >= {'FlopsMetricDimsHook', 'PruneStatsHook'}
 
     # optimisation (spec §4.1)
     ow = cfg.optim_wrapper

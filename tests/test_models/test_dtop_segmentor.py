@@ -233,3 +233,17 @@ def test_config_errors_are_clear():
     bad['decode_head']['in_channels'] = 48
     with pytest.raises(ValueError, match='in_channels'):
         MODELS.build(bad)
+
+
+@pytest.mark.parametrize('p0', [1.0, [0.5, None], [None, 0.5]])
+def test_skipping_idle_aux_heads_changes_nothing(p0):
+    model = build(seed=7, prune_threshold=p0)
+    x = images(3, seed=7)
+    with torch.no_grad():
+        skipped = model.run_stages(x)
+        full = model.run_stages(x, all_heads=True)
+    expect = tuple(t is not None for t in model.prune_threshold) + (True, )
+    assert skipped.heads_run == expect
+    assert full.heads_run == (True, True, True)
+    assert torch.equal(skipped.active_counts, full.active_counts)
+    torch.testing.assert_close(skipped.final_probs(), full.final_probs(), rtol=0, atol=0)

@@ -72,5 +72,7 @@ val_dataloader = dict(
         pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
+# mIoU plus dynamic GFLOPs (per image / per slide crop, with and without the
+# auxiliary heads) from the token counts the model returns.
+val_evaluator = dict(type='IoUFlopsMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator

@@ -32,7 +32,8 @@ class StageOutputs:
     """What one stage-wise pass returns (no state is kept on the modules).
 
     Attributes:
-        head_outputs: per stage, ``(cls_logits (B, Q, 2), canvas (B, Q, h, w))``.
+        head_outputs: per stage, ``(cls_logits (B, Q, 2), canvas (B, Q, h, w))``,
+            or ``None`` where the head was skipped (see ``heads_run``).
         grid: token grid ``(h, w)``.
         active_counts: ``(B, S)`` tokens processed by each stage's layers and head.
         exit_stage: ``(B, h, w)`` stage whose head gave each token's final mask
@@ -45,6 +46,7 @@ class StageOutputs:
     active_counts: Tensor
     exit_stage: Tensor
     features: List[Tensor] = field(default_factory=list)
+    heads_run: Tuple[bool, ...] = ()
 
     def final_probs(self) -> Tensor:
         """``(B, Q, h, w)``: final head's class presence times sigmoid(canvas)."""
@@ -169,12 +171,21 @@ class DToPEncoderDecoder(EncoderDecoder):
         return any(t is not None for t in self.prune_threshold)
 
     # ------------------------------------------------------------------ core
-    def run_stages(self, inputs: Tensor, with_features: bool = False) -> StageOutputs:
+    def run_stages(self, inputs: Tensor, with_features: bool = False,
+                   all_heads: bool = False) -> StageOutputs:
         """The stage loop: backbone stage → head → canvas → pruning → compaction.
+
+        At inference an auxiliary head whose stage does not prune (threshold
+        ``None``) is skipped: nothing exits there, so the next head overwrites
+        every canvas column it would write, and the output is unchanged. A BASE
+        model (``p0 = 1``) therefore costs exactly backbone + final head.
 
         Args:
             inputs (Tensor): ``(B, 3, H, W)`` normalised images.
             with_features (bool): also return dense per-stage features.
+            all_heads (bool): run every head even where it cannot change the
+                output (training always does; ``test_cfg.skip_idle_aux_heads=False``
+                does it too).
 
         Returns:
             StageOutputs: head outputs, statistics and optional features.
@@ -187,18 +198,26 @@ class DToPEncoderDecoder(EncoderDecoder):
         valid: Optional[Tensor] = None  # (B, n) False = padding; None = all real
         canvas: Optional[Tensor] = None
         exit_stage = torch.full((B, N + 1), S - 1, dtype=torch.long, device=x.device)
-        counts, head_outputs, features = [], [], []
+        counts, head_outputs, features, heads_run = [], [], [], []
         dense = None
+        skip_idle = not (all_heads or self.training
+                         or not self.test_cfg.get('skip_idle_aux_heads', True))
         for s, (start, end) in enumerate(self.backbone.stage_ranges):
             x = self.backbone.forward_layers(x, start, end, valid)
             counts.append(valid.sum(1) if valid is not None else
                           torch.full((B,), x.shape[1], dtype=torch.long, device=x.device))
-            cls_logits, mask_logits = heads[s](x, valid)
-            if pos is None:
-                canvas = mask_logits
+            threshold = self.prune_threshold[s] if s < S - 1 else None
+            run_head = not (skip_idle and s < S - 1 and threshold is None)
+            heads_run.append(run_head)
+            if run_head:
+                cls_logits, mask_logits = heads[s](x, valid)
+                if pos is None:
+                    canvas = mask_logits
+                else:
+                    canvas = _scatter_columns(canvas, mask_logits, pos)
+                head_outputs.append((cls_logits, canvas.reshape(B, -1, h, w)))
             else:
-                canvas = _scatter_columns(canvas, mask_logits, pos)
-            head_outputs.append((cls_logits, canvas.reshape(B, -1, h, w)))
+                head_outputs.append(None)
             if with_features:
                 if pos is None:
                     dense = x
@@ -206,7 +225,6 @@ class DToPEncoderDecoder(EncoderDecoder):
                     ext = torch.cat([dense, dense.new_zeros(B, 1, C)], 1)
                     dense = ext.scatter(1, pos.unsqueeze(-1).expand(-1, -1, C), x)[:, :N]
                 features.append(dense.transpose(1, 2).reshape(B, C, h, w))
-            threshold = self.prune_threshold[s] if s < S - 1 else None
             if threshold is None:
                 continue
             with torch.no_grad():
@@ -226,7 +244,7 @@ class DToPEncoderDecoder(EncoderDecoder):
         return StageOutputs(head_outputs=head_outputs, grid=(h, w),
                             active_counts=torch.stack(counts, dim=1),
                             exit_stage=exit_stage[:, :N].reshape(B, h, w),
-                            features=features)
+                            features=features, heads_run=tuple(heads_run))
 
     def select_stage_exits(self, stage: int, cls_logits: Tensor, mask_logits: Tensor,
                            valid: Optional[Tensor], threshold: float) -> Tensor:
@@ -324,6 +342,7 @@ class DToPEncoderDecoder(EncoderDecoder):
         N = out.grid[0] * out.grid[1]
         stats = [dict(token_counts=out.active_counts[b:b + 1].cpu(),
                       grid_tokens=N, crop_shape=tuple(inputs.shape[-2:]),
+                      heads_run=out.heads_run,
                       exit_map=exit_map[b].round().to(torch.uint8).cpu())
                  for b in range(inputs.shape[0])]
         return probs, stats
@@ -355,8 +374,10 @@ class DToPEncoderDecoder(EncoderDecoder):
         crops = torch.stack([inputs[:, :, y1:y2, x1:x2] for y1, x1, y2, x2 in windows],
                             dim=1).flatten(0, 1)  # (B * n_win, 3, hc, wc), image-major
         probs, counts, exits = [], [], []
+        heads_run = ()
         for i in range(0, crops.shape[0], crop_batch):
             p, out = self._encode_decode_with_stats(crops[i:i + crop_batch])
+            heads_run = out.heads_run
             probs.append(p)
             counts.append(out.active_counts)
             exits.append(grid_to_pixels(out.exit_stage[:, None].float(), p.shape[-2:],
@@ -378,7 +399,7 @@ class DToPEncoderDecoder(EncoderDecoder):
         p = self.backbone.patch_size
         grid_tokens = -(-hc // p) * -(-wc // p)
         stats = [dict(token_counts=counts[b].cpu(), grid_tokens=grid_tokens,
-                      crop_shape=(hc, wc),
+                      crop_shape=(hc, wc), heads_run=heads_run,
                       exit_map=exit_map[b].round().to(torch.uint8).cpu())
                  for b in range(B)]
         return seg, stats

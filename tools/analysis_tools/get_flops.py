@@ -1,0 +1,126 @@
+"""Static GFLOPs of a DToP / SegViT-BASE model (dense, one crop, batch 1).
+
+Counts with a library counter (mmengine's ``FlopAnalyzer`` by default, or fvcore)
+under fvcore conventions (``paper-results.md`` §3) and prints, per module:
+backbone, each head, "backbone + final head" (the README BASE convention) and
+"backbone + all heads", next to the analytic cost model of
+:mod:`dtop.evaluation.flops`.
+
+Example::
+
+    python tools/analysis_tools/get_flops.py \\
+        configs/segvit/segvit_vit-b16_4xb4-160k_ade20k-512x512.py
+    # --shape 640 640  to count another crop; --analytic  to skip the trace
+"""
+import argparse
+import json
+import os.path as osp
+import sys
+from typing import List, Optional
+
+ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Static GFLOPs of a DToP model')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('--shape', type=int, nargs='+', default=None,
+                        help='input crop H [W] (default: the training crop)')
+    parser.add_argument('--backend', choices=['mmengine', 'fvcore'], default='mmengine',
+                        help='library counter')
+    parser.add_argument('--analytic', action='store_true',
+                        help='print the analytic cost model only (no model trace)')
+    parser.add_argument('--out', help='also write the numbers to this JSON file')
+    parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+                        help='override config settings (mmengine syntax)')
+    return parser.parse_args(argv)
+
+
+def load_model_cfg(config: str, cfg_options: Optional[List[str]] = None):
+    """Load a config, register modules and return it (pruning disabled, no init)."""
+    from mmengine.config import Config, DictAction
+    from mmengine.registry import init_default_scope
+
+    import dtop  # noqa: F401  (registers the modules)
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        parser = argparse.ArgumentParser()
+        parser.add_argument('--o', nargs='+', action=DictAction)
+        cfg.merge_from_dict(parser.parse_args(['--o', *cfg_options]).o)
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    cfg.model.pop('pretrained', None)
+    cfg.model.pop('init_cfg', None)
+    if cfg.model.get('backbone', {}).get('init_cfg') is not None:
+        cfg.model.backbone.init_cfg = None
+    return cfg
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    args = parse_args(argv)
+    cfg = load_model_cfg(args.config, args.cfg_options)
+
+    from mmseg.registry import MODELS
+
+    from dtop.evaluation.flops import (DToPCostDims, count_flops_library,
+                                       dense_flops)
+    if args.shape is None:
+        shape = None
+    elif len(args.shape) in (1, 2):
+        shape = (args.shape[0], args.shape[-1])
+    else:
+        raise SystemExit('--shape takes H or H W')
+    if args.analytic:
+        dims = DToPCostDims.from_config(cfg.model)
+        lib = None
+    else:
+        model = MODELS.build(cfg.model)  # random weights; counting needs shapes only
+        dims = DToPCostDims.from_model(model)
+        lib = count_flops_library(model, shape, backend=args.backend)
+        del model
+    shape = tuple(shape or dims.crop_size)
+    ana = dense_flops(dims, shape)
+
+    S = dims.num_stages
+    rows = [('backbone (incl. patch embed)', 'backbone', None)]
+    for s in range(S - 1):
+        rows.append((f'auxiliary_head.{s}', 'heads', s))
+    rows += [('decode_head + final upsample', 'final_head', None),
+             ('backbone + final head  [README BASE convention]', 'backbone_final_head',
+              None),
+             ('backbone + all heads', 'backbone_all_heads', None)]
+
+    def get(d, key, idx):
+        return d[key][idx] if idx is not None else d[key]
+
+    print(f'config: {args.config}')
+    print(f'input: 1x{dims.in_channels}x{shape[0]}x{shape[1]} (one crop, batch 1), '
+          f'{dims.grid_tokens(shape)} tokens; fvcore conventions (1 MAC = 1 FLOP, '
+          'LN 5/elem, bilinear 4/out elem, elementwise free)')
+    counter = f'{args.backend} (GFLOPs)'
+    header = f"{'':<50}{counter:>22}{'analytic (GFLOPs)':>20}{'diff':>9}"
+    print(header)
+    print('-' * len(header))
+    result = dict(config=args.config, shape=list(shape), backend=args.backend,
+                  analytic={}, library={} if lib else None)
+    for name, key, idx in rows:
+        a = get(ana, key, idx) / 1e9
+        result['analytic'][name] = a
+        if lib is not None:
+            v = get(lib, key, idx) / 1e9
+            result['library'][name] = v
+            print(f'{name:<50}{v:>22.2f}{a:>20.2f}{100 * (v / a - 1):>8.2f}%')
+        else:
+            print(f'{name:<50}{"-":>22}{a:>20.2f}{"":>9}')
+    if lib is not None:
+        ops = ', '.join(f'{k} {v / 1e9:.2f}' for k, v in lib['by_operator'].most_common())
+        print(f'by operator (GFLOPs): {ops}')
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == '__main__':
+    main()

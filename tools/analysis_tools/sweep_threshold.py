@@ -1,0 +1,220 @@
+"""Sweep DToP's pruning threshold p0 at inference: mIoU vs GFLOPs vs time.
+
+One checkpoint, several ``p0`` values (inference only, no fine-tune): each value is
+evaluated on the config's test set with :class:`IoUFlopsMetric`, timing every test
+iteration (forward + metric update; data loading excluded) -> ``s_per_img``.
+Writes ``sweep.csv``, ``sweep.md`` and ``sweep.png`` (mIoU vs GFLOPs per
+image, with and without the auxiliary heads, and mIoU vs measured seconds per
+image) to ``--work-dir``.
+
+Example::
+
+    python tools/analysis_tools/sweep_threshold.py CONFIG CKPT \\
+        --thresholds 0.8 0.85 0.9 0.95 1.0 --work-dir work_dirs/sweep
+"""
+import argparse
+import csv
+import json
+import numbers
+import os
+import os.path as osp
+import sys
+import time
+from typing import Dict, List, Optional
+
+from mmengine.hooks import Hook
+
+ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+COLUMNS = ['p0', 'mIoU', 'aAcc', 'GFLOPs_img', 'GFLOPs_img_std', 'GFLOPs_img_noaux',
+           'GFLOPs_crop', 'GFLOPs_crop_noaux', 'GFLOPs_dense_img', 'GFLOPs_dense_crop',
+           'GFLOPs_reduction_pct', 'GFLOPs_reduction_noaux_pct', 'exit_frac_s0',
+           'exit_frac_s1', 'active_frac_final', 's_per_img', 'num_images']
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description='mIoU / GFLOPs / time vs p0')
+    p.add_argument('config', help='config file')
+    p.add_argument('checkpoint', help='checkpoint to evaluate')
+    p.add_argument('--thresholds', type=float, nargs='+', required=True,
+                   help='p0 values (>= 1 disables pruning)')
+    p.add_argument('--work-dir', default=None,
+                   help='output folder (default: work_dirs/sweep_<config name>)')
+    p.add_argument('--num-images', type=int, default=None,
+                   help='evaluate only the first N test images (quick looks)')
+    p.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+                   help='override config settings (mmengine syntax)')
+    return p.parse_args(argv)
+
+
+def prepare_cfg(cfg, checkpoint: str, work_dir: str, num_images: Optional[int]):
+    """Test-only config: IoUFlopsMetric + dims hook, checkpoint, work dir, subset."""
+    cfg.work_dir = work_dir
+    cfg.load_from = checkpoint
+    cfg.resume = False
+    evaluator = cfg.get('test_evaluator', None) or dict(type='IoUMetric')
+    if isinstance(evaluator, (list, tuple)):
+        raise ValueError('sweep_threshold expects a single test_evaluator')
+    evaluator = dict(evaluator)
+    if evaluator.get('type') in ('IoUMetric', 'mmseg.IoUMetric'):
+        evaluator['type'] = 'IoUFlopsMetric'
+    if evaluator.get('type') != 'IoUFlopsMetric':
+        raise ValueError(f'test_evaluator must be IoUMetric/IoUFlopsMetric, got '
+                         f'{evaluator.get("type")}')
+    evaluator.pop('format_only', None)
+    cfg.test_evaluator = evaluator
+    hooks = list(cfg.get('custom_hooks', None) or [])
+    if not any(h.get('type') == 'FlopsMetricDimsHook' for h in hooks):
+        hooks.append(dict(type='FlopsMetricDimsHook'))
+    cfg.custom_hooks = hooks
+    if num_images:
+        cfg.test_dataloader.dataset['indices'] = int(num_images)
+    custom = dict(cfg.get('custom_imports', None) or dict(imports=[]))
+    imports = list(custom.get('imports', []))
+    for mod in ('dtop', 'dtop.evaluation'):
+        if mod not in imports:
+            imports.append(mod)
+    custom['imports'] = imports
+    cfg.custom_imports = custom
+    return cfg
+
+
+class SweepIterTimer(Hook):
+    """Hook timing each test iteration (model forward + metric update, synchronised
+    on GPU); data loading, checkpoint loading and metric computation are excluded."""
+
+    priority = 'VERY_HIGH'
+
+    def __init__(self):
+        self.total, self.images, self._t0 = 0.0, 0, None
+
+    def reset(self):
+        self.total, self.images = 0.0, 0
+
+    @staticmethod
+    def _sync():
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def before_test_iter(self, runner, batch_idx, data_batch=None):
+        self._sync()
+        self._t0 = time.perf_counter()
+
+    def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self._sync()
+        self.total += time.perf_counter() - self._t0
+        self.images += len(outputs) if outputs is not None else 1
+
+
+def run_sweep(cfg, thresholds: List[float]) -> List[Dict[str, float]]:
+    """Evaluate every ``p0`` with one runner (the checkpoint is loaded once)."""
+    from mmengine.runner import Runner
+
+    import dtop.evaluation  # noqa: F401  (registers IoUFlopsMetric and the hook)
+    runner = Runner.from_cfg(cfg)
+    timer = SweepIterTimer()
+    runner.register_hook(timer)
+    model = getattr(runner.model, 'module', runner.model)
+    if not hasattr(model, 'prune_threshold'):
+        raise TypeError(f'{type(model).__name__} has no prune_threshold; '
+                        'is it a DToPEncoderDecoder?')
+    num_stages = len(model.prune_threshold) + 1
+    rows = []
+    for p0 in thresholds:
+        model.prune_threshold = model._parse_thresholds(float(p0), num_stages)
+        timer.reset()
+        metrics = runner.test()
+        n = timer.images
+        row = dict(p0=float(p0), s_per_img=timer.total / max(n, 1), num_images=n)
+        row.update({k: float(v) for k, v in metrics.items()
+                    if isinstance(v, numbers.Number)})  # incl. numpy scalars
+        rows.append(row)
+    return rows
+
+
+def write_outputs(rows: List[Dict[str, float]], work_dir: str, title: str = '') -> Dict[str, str]:
+    """Write ``sweep.csv``, ``sweep.md``, ``sweep.json`` and ``sweep.png``."""
+    os.makedirs(work_dir, exist_ok=True)
+    cols = [c for c in COLUMNS if any(c in r for r in rows)]
+    paths = {k: osp.join(work_dir, f'sweep.{k}') for k in ('csv', 'md', 'json', 'png')}
+    with open(paths['csv'], 'w', newline='') as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction='ignore')
+        w.writeheader()
+        w.writerows(rows)
+    with open(paths['json'], 'w') as f:
+        json.dump(rows, f, indent=2)
+
+    def fmt(v):
+        return f'{v:.4g}' if isinstance(v, float) else str(v)
+
+    lines = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
+    lines += ['| ' + ' | '.join(fmt(r.get(c, '')) for c in cols) + ' |' for r in rows]
+    with open(paths['md'], 'w') as f:
+        f.write((f'{title}\n\n' if title else '') + '\n'.join(lines) + '\n')
+
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    p0 = [r['p0'] for r in rows]
+    miou = [r.get('mIoU', float('nan')) for r in rows]
+    for key, label, marker in (('GFLOPs_img', 'with aux heads', 'o'),
+                               ('GFLOPs_img_noaux', 'without aux heads', 's')):
+        if all(key in r for r in rows):
+            xs = [r[key] for r in rows]
+            ax1.plot(xs, miou, marker=marker, label=label)
+            for x, y, t in zip(xs, miou, p0):
+                ax1.annotate(f'{t:g}', (x, y), textcoords='offset points', xytext=(4, 4),
+                             fontsize=8)
+    if rows and 'GFLOPs_dense_img' in rows[0]:
+        ax1.axvline(rows[0]['GFLOPs_dense_img'], color='gray', ls='--',
+                    label='dense (backbone + final head)')
+    ax1.set_xlabel('GFLOPs per image')
+    ax1.set_ylabel('mIoU')
+    ax1.legend(fontsize=8)
+    ax1.grid(alpha=.3)
+    xs = [r['s_per_img'] for r in rows]
+    ax2.plot(xs, miou, marker='o')
+    for x, y, t in zip(xs, miou, p0):
+        ax2.annotate(f'{t:g}', (x, y), textcoords='offset points', xytext=(4, 4), fontsize=8)
+    ax2.set_xlabel('measured seconds per image (forward + metric update)')
+    ax2.set_ylabel('mIoU')
+    ax2.grid(alpha=.3)
+    fig.suptitle(title or 'DToP threshold sweep (labels: p0)', fontsize=10)
+    fig.tight_layout()
+    fig.savefig(paths['png'], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def main(argv: Optional[List[str]] = None) -> List[Dict[str, float]]:
+    args = parse_args(argv)
+    from mmengine.config import Config, DictAction
+
+    from dtop.utils import allow_full_checkpoint_unpickling
+
+    # mmengine checkpoints need full unpickling under torch >= 2.6 (trusted files only;
+    # see dtop/utils/checkpoint.py).
+    allow_full_checkpoint_unpickling()
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        parser = argparse.ArgumentParser()
+        parser.add_argument('--o', nargs='+', action=DictAction)
+        cfg.merge_from_dict(parser.parse_args(['--o', *args.cfg_options]).o)
+    work_dir = args.work_dir or osp.join(
+        'work_dirs', 'sweep_' + osp.splitext(osp.basename(args.config))[0])
+    cfg = prepare_cfg(cfg, args.checkpoint, work_dir, args.num_images)
+    rows = run_sweep(cfg, args.thresholds)
+    paths = write_outputs(rows, work_dir, title=f'{osp.basename(args.config)} '
+                          f'({osp.basename(args.checkpoint)})')
+    with open(paths['md']) as f:
+        print(f.read())
+    print('wrote ' + ', '.join(paths.values()))
+    return rows
+
+
+if __name__ == '__main__':
+    main()
