@@ -1,0 +1,4 @@
+"""Engine components (hooks)."""
+from .hooks import PruneStatsHook
+
+__all__ = ['PruneStatsHook']

@@ -1,0 +1,47 @@
+"""A shortened `bash tools/run_demo.sh` end to end (few iterations, tiny dataset)."""
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+@pytest.mark.slow
+def test_run_demo_shortened(tmp_path):
+    work = tmp_path / 'work'
+    env = dict(os.environ,
+               DEMO_SKIP_SETUP='1', DEMO_DATA=str(tmp_path / 'data'),
+               DEMO_NUM_TRAIN='16', DEMO_NUM_VAL='3',
+               DEMO_BASE_ITERS='4', DEMO_PRUNE_ITERS='4',
+               # After 4 iterations the heads are not confident: a low p0 makes tokens
+               # exit so that the whole pruned path (test, exit maps, report) runs.
+               DEMO_P0='0.2', DEMO_BENCH_CROPS='16', DEMO_UPDATE_RESOURCES='0',
+               PYTHON=sys.executable)
+    proc = subprocess.run(['bash', osp.join(ROOT, 'tools/run_demo.sh'), str(work)], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    assert (tmp_path / 'data' / '.demo-stamp').is_file()
+    for sub in ('base', 'dtop'):
+        ckpt = (work / sub / 'last_checkpoint').read_text().strip()
+        assert osp.isfile(ckpt) and ckpt.endswith('iter_4.pth')
+    assert (work / 'dtop' / 'prune_stats.json').is_file()
+    maps = sorted(os.listdir(work / 'exit_maps'))
+    assert maps and all(m.startswith('demo_validation_') and m.endswith('.png') for m in maps)
+    report = (work / 'report.md').read_text()
+    assert '| BASE |' in report and '| DToP |' in report
+    assert 'tokens exited after stage 1' in report
+    with open(work / 'report.json') as f:
+        numbers = json.load(f)
+    base, dtop = numbers['rows']
+    assert 0 <= base['mIoU'] <= 100 and 0 <= dtop['mIoU'] <= 100
+    assert base['exit_pct'] == [0.0, 0.0]
+    assert dtop['exit_pct'][0] > 0
+    assert dtop['gflops_aux'] < base['gflops_aux']
+    assert set(numbers['summary']['speedup']) == {'1', '16'} or \
+        set(numbers['summary']['speedup']) == {1, 16}
+    assert 'done in' in proc.stdout
