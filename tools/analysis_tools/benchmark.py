@@ -15,7 +15,8 @@ Variants:
   inference (the README GFLOPs convention). Built from the model's own modules.
 * ``dense+aux``: the same plus the two auxiliary heads on every token.
 * ``p0=1``: the DToP model's stage loop with pruning disabled (all of its
-  machinery: canvas, statistics; it also runs the auxiliary heads).
+  machinery: canvas, statistics; idle auxiliary heads are skipped, as in any
+  inference with pruning off).
 * ``pruned``: the DToP model pruning — with its own ``prune_threshold`` (or
   ``--threshold``), or with ``--keep-ratio r``: at every auxiliary stage exactly
   ``round(r * n)`` of an image's ``n`` active tokens stay and the rest exit,
@@ -333,8 +334,10 @@ def run_benchmark(model, crops: Tensor, batch_sizes: Sequence[int],
         if variant == 'dense+aux':
             return dense_forward(model, x, all_heads=True), None
         probs, out = model._encode_decode_with_stats(x)
+        heads_run[variant] = out.heads_run  # idle aux heads are skipped (p0 = 1)
         return probs, out.active_counts
 
+    heads_run = {}
     rows = []
     total = sum(len(variants) * (warmup * bs + repeats * len(crops)) for bs in batch_sizes)
     bar = ProgressBar(total) if progress else None
@@ -375,11 +378,14 @@ def run_benchmark(model, crops: Tensor, batch_sizes: Sequence[int],
                 med = statistics.median(times[v])
                 if counts[v] and counts[v][0] is not None:
                     c = torch.cat(counts[v]).cpu().numpy().astype(np.float64)
-                    ideal = model_flops(dims, c, crop_shape, N)['backbone_all_heads']
+                    hr = heads_run.get(v) or None
+                    ideal = model_flops(dims, c, crop_shape, N,
+                                        heads_run=hr)['backbone_all_heads']
                     padded = np.concatenate([
                         np.repeat(cb.cpu().numpy().max(0, keepdims=True), len(cb), 0)
                         for cb in counts[v]]).astype(np.float64)
-                    executed = model_flops(dims, padded, crop_shape, N)['backbone_all_heads']
+                    executed = model_flops(dims, padded, crop_shape, N,
+                                           heads_run=hr)['backbone_all_heads']
                     keep = (c / N).mean(0).tolist()
                 elif v == 'dense':
                     ideal = executed = np.array([dense_ref['backbone_final_head']])
