@@ -6,16 +6,18 @@
 #   1. set-up (bash tools/setup_env.sh; a no-op when .venv/ is up to date)
 #   2. generate the demo dataset into data/demo/ (deterministic, seconds)
 #   3. train the BASE model            (tools/dist_train.sh)
-#   4. prune fine-tune from the BASE   (tools/dist_train_load.sh)
-#   5. test both (tools/dist_test.sh; the DToP test also paints exit maps)
+#   4. prune fine-tune from the BASE   (tools/dist_train_load.sh), and the fair
+#      control: the same fine-tune with pruning off (p0 = 1), so that the extra
+#      training is not mistaken for an effect of pruning (spec §6.1)
+#   5. test all three (tools/dist_test.sh; the DToP test also paints exit maps)
 #   6. time dense vs pruned inference  (tools/analysis_tools/benchmark.py)
 #   7. print the table: mIoU, GFLOPs with/without the auxiliary heads, tokens
 #      exited per stage, measured speedup (tools/analysis_tools/demo_report.py)
 #
-# Outputs under WORK_DIR: base/, dtop/ (checkpoints, logs, prune_stats.json),
-# test_base/, test_dtop/, exit_maps/*.png (GT | prediction | exit stage),
-# benchmark.json, report.md / report.json. One exit map is copied to
-# resources/demo_exit_map.png (DEMO_UPDATE_RESOURCES=0 to skip).
+# Outputs under WORK_DIR: base/, base_ft/ (control), dtop/ (checkpoints, logs,
+# prune_stats.json), test_base/, test_base_ft/, test_dtop/, exit_maps/*.png
+# (GT | prediction | exit stage), benchmark.json, report.md / report.json. One exit
+# map is copied to resources/demo_exit_map.png (DEMO_UPDATE_RESOURCES=0 to skip).
 #
 # Environment knobs:
 #   GPUS=N                 processes for training/testing (default 1; CPU uses gloo)
@@ -26,7 +28,8 @@
 #   DEMO_REUSE=1           reuse existing checkpoints in WORK_DIR instead of training
 #   DEMO_BENCH_CROPS=N     crops timed by the benchmark (default 64; 0 skips it)
 #   DEMO_P0=x              p0 of the DToP model for its fine-tune, test and benchmark
-#                          (config: 0.9)
+#                          (config: 0.8)
+#   DEMO_CONTROL=0         skip the fair control (saves ~2 minutes)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -58,7 +61,10 @@ STAMP="seed0 $NUM_TRAIN $NUM_VAL $(sha256sum dtop/datasets/demo_generator.py dto
 if [[ -f "$DATA/.demo-stamp" && "$(cat "$DATA/.demo-stamp")" == "$STAMP" ]]; then
   echo "up to date ($DATA/.demo-stamp)"
 else
-  rm -rf "$DATA"
+  # Remove only files the generator writes (a smaller earlier set must not linger).
+  if [[ -d "$DATA" ]]; then
+    find "$DATA/images" "$DATA/annotations" -name 'demo_*' -type f -delete 2>/dev/null || true
+  fi
   "$PY" -m dtop.datasets.demo_generator --out "$DATA" --num-train "$NUM_TRAIN" \
     --num-val "$NUM_VAL" --seed 0
   echo "$STAMP" > "$DATA/.demo-stamp"
@@ -97,9 +103,29 @@ else
 fi
 DTOP_CKPT="$(last_ckpt "$WORK/dtop")" || fail "no DToP checkpoint in $WORK/dtop"
 
-step "5/7 tests: BASE and DToP (mIoU + GFLOPs; exit maps painted for DToP)"
+CONTROL="${DEMO_CONTROL:-1}"
+if [[ "$CONTROL" == 1 ]]; then
+  step "4b/7 fair control: the same fine-tune with pruning off (p0 = 1)"
+  CTRL_OPTS=("${DATA_OPTS[@]}" model.prune_threshold=1.0)
+  [[ -n "${DEMO_PRUNE_ITERS:-}" ]] && CTRL_OPTS+=(train_cfg.max_iters="$DEMO_PRUNE_ITERS")
+  if [[ "${DEMO_REUSE:-0}" == 1 && -n "$(last_ckpt "$WORK/base_ft" || true)" ]]; then
+    echo "reusing $(last_ckpt "$WORK/base_ft")"
+  else
+    PORT="$(free_port)" bash tools/dist_train_load.sh "$DTOP_CFG" "$WORK/base_ft" "$BASE_CKPT" \
+      $(opts_flag CTRL_OPTS) "${CTRL_OPTS[@]}"
+  fi
+  CTRL_CKPT="$(last_ckpt "$WORK/base_ft")" || fail "no control checkpoint in $WORK/base_ft"
+fi
+
+step "5/7 tests: BASE, control and DToP (mIoU + GFLOPs; exit maps painted for DToP)"
 PORT="$(free_port)" bash tools/dist_test.sh "$BASE_CFG" "$BASE_CKPT" \
   --work-dir "$WORK/test_base" $(opts_flag DATA_OPTS) "${DATA_OPTS[@]}"
+REPORT_ARGS=()
+if [[ "$CONTROL" == 1 ]]; then
+  PORT="$(free_port)" bash tools/dist_test.sh "$BASE_CFG" "$CTRL_CKPT" \
+    --work-dir "$WORK/test_base_ft" $(opts_flag DATA_OPTS) "${DATA_OPTS[@]}"
+  REPORT_ARGS=(--control "$WORK/test_base_ft")
+fi
 rm -rf "$WORK/test_dtop/show"
 DTOP_TEST_OPTS=("${DATA_OPTS[@]}" "${P0_OPTS[@]}")
 PORT="$(free_port)" bash tools/dist_test.sh "$DTOP_CFG" "$DTOP_CKPT" \
@@ -129,7 +155,7 @@ fi
 
 step "7/7 report"
 "$PY" tools/analysis_tools/demo_report.py --base "$WORK/test_base" --dtop "$WORK/test_dtop" \
-  "${BENCH_ARGS[@]}" --out "$WORK/report.md"
+  "${REPORT_ARGS[@]}" "${BENCH_ARGS[@]}" --out "$WORK/report.md"
 PICK="$WORK/exit_maps/demo_validation_00000.png"
 if [[ "${DEMO_UPDATE_RESOURCES:-1}" != 0 && -f "$PICK" ]]; then
   mkdir -p resources

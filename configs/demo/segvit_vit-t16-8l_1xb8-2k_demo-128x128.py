@@ -1,19 +1,18 @@
-# Demo BASE model (no pruning) on the embedded synthetic dataset, sized for CPUs.
+# Demo BASE model (no pruning) on the embedded synthetic dataset, sized for 2 CPU cores.
 #
 #   python -m dtop.datasets.demo_generator --out data/demo      # the data (seconds)
-#   bash tools/dist_train.sh configs/demo/segvit_vit-t16-8l_1xb8-2k_demo-128x128.py work_dirs/demo_base
+#   bash tools/dist_train.sh configs/demo/segvit_vit-t16-8l_1xb8-2k_demo-128x128.py work_dirs/demo/base
 #
-# The model is DToP's 3-head SegViT, shrunk: a ViT with embed 192, 8 layers, 3
-# attention heads, patch 16, trained from scratch (no ImageNet weights can be
-# downloaded here), and three ATM prune heads (d = 128, 2 decoder layers) after
-# 0-based layers [3, 5, 7], i.e. stages of 4 / 2 / 2 layers. 128x128 crops give an
-# 8x8 token grid. `bash tools/run_demo.sh` runs BASE -> prune -> tests in one go.
+# DToP's 3-head SegViT, shrunk: a ViT with embed 192, 8 layers, 3 attention heads,
+# patch 16, trained from scratch (no ImageNet weights can be downloaded here), and
+# three ATM prune heads (d = 96, 3 attention heads, 2 decoder layers) after 0-based
+# layers [2, 5, 7], i.e. stages of 3 / 3 / 2 layers (ViT-L's split is 8 / 8 / 8 of 24).
+# 128x128 crops give an 8x8 token grid; testing is slide inference (128, stride 96)
+# at each image's own size. `bash tools/run_demo.sh` runs BASE -> prune -> tests.
 _base_ = ['../_base_/default_runtime.py']
 
-custom_imports = dict(
-    imports=['dtop', 'dtop.datasets', 'dtop.evaluation.metrics', 'dtop.visualization',
-             'dtop.engine'],
-    allow_failed_imports=False)
+# `import dtop` (custom_imports of the runtime base) registers DToPDemoDataset,
+# IoUFlopsMetric, FlopsMetricDimsHook, PruneStatsHook and DToPVisualizer.
 
 # ----------------------------------------------------------------------------- data
 dataset_type = 'DToPDemoDataset'
@@ -25,11 +24,11 @@ train_pipeline = [
     dict(type='RandomResize', scale=(320, 256), ratio_range=(0.75, 1.25), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.9),
     dict(type='RandomFlip', prob=0.5),
+    # No PhotoMetricDistortion: colour is what separates most demo classes.
     dict(type='PackSegInputs'),
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
-    # Images are tested at their own size (no resize); slide inference with 128 crops.
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs'),
 ]
@@ -55,18 +54,19 @@ val_dataloader = dict(
                          seg_map_path='annotations/validation'),
         pipeline=test_pipeline))
 test_dataloader = val_dataloader
-# mIoU plus the dynamic GFLOPs and token-exit statistics (dims read from the model).
+# mIoU plus the dynamic GFLOPs and token-exit statistics (FlopsMetricDimsHook below
+# gives the metric the model's dimensions).
 val_evaluator = dict(type='IoUFlopsMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
 
 # ---------------------------------------------------------------------------- model
 num_classes = 10
-head = dict(
+__head = dict(
     type='ATMPruneHead',
     in_channels=192,
-    channels=128,
+    channels=96,
     num_classes=num_classes,
-    num_heads=4,
+    num_heads=3,
     num_layers=2,
     dropout=0.1,
     align_corners=False,
@@ -91,7 +91,7 @@ model = dict(
         num_layers=8,
         num_heads=3,
         mlp_ratio=4,
-        out_indices=[3, 5, 7],
+        out_indices=[2, 5, 7],
         qkv_bias=True,
         drop_rate=0.0,
         attn_drop_rate=0.0,
@@ -102,8 +102,8 @@ model = dict(
         patch_norm=False,
         final_norm=False,
         interpolate_mode='bicubic'),
-    decode_head=head,
-    auxiliary_head=[head, head],
+    decode_head=__head,
+    auxiliary_head=[__head, __head],
     prune_threshold=1.0,  # BASE: no pruning
     keep_topk_per_class=5,
     train_cfg=dict(),
@@ -111,31 +111,33 @@ model = dict(
 
 # ------------------------------------------------------------------------- schedule
 # From scratch, so a much larger lr than the paper's fine-tuning 2e-5 (heads x1).
-max_iters = 2000
-warmup_iters = 100
+__max_iters = 2000
+__warmup_iters = 100
 optim_wrapper = dict(
     type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01),
+    optimizer=dict(type='AdamW', lr=5e-4, betas=(0.9, 0.999), weight_decay=0.01),
     clip_grad=dict(max_norm=1.0, norm_type=2))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=warmup_iters),
-    dict(type='PolyLR', power=0.9, eta_min=0.0, by_epoch=False, begin=warmup_iters,
-         end=max_iters),
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=__warmup_iters),
+    dict(type='PolyLR', power=0.9, eta_min=0.0, by_epoch=False, begin=__warmup_iters,
+         end=__max_iters),
 ]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters + 1)
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=__max_iters,
+                 val_interval=__max_iters + 1)  # no validation during the demo run
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters,
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=__max_iters,
                     max_keep_ckpts=1, save_last=True),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     # tools/test.py --show-dir paints every test image (GT | prediction | exit map).
     visualization=dict(type='SegVisualizationHook'))
 custom_hooks = [dict(type='FlopsMetricDimsHook')]
 visualizer = dict(
-    type='DToPVisualizer', vis_backends=[dict(type='LocalVisBackend')], name='visualizer')
+    type='DToPVisualizer', vis_backends=[dict(type='LocalVisBackend')], name='visualizer',
+    alpha=0.6)
 randomness = dict(seed=0)
 env_cfg = dict(cudnn_benchmark=False)

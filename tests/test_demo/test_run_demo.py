@@ -19,7 +19,7 @@ def test_run_demo_shortened(tmp_path):
                DEMO_BASE_ITERS='4', DEMO_PRUNE_ITERS='4',
                # After 4 iterations the heads are not confident: a low p0 makes tokens
                # exit so that the whole pruned path (test, exit maps, report) runs.
-               DEMO_P0='0.2', DEMO_BENCH_CROPS='16', DEMO_UPDATE_RESOURCES='0',
+               DEMO_P0='0.2', DEMO_BENCH_CROPS='16', DEMO_UPDATE_RESOURCES='0', DEMO_CONTROL='0',
                PYTHON=sys.executable)
     proc = subprocess.run(['bash', osp.join(ROOT, 'tools/run_demo.sh'), str(work)], env=env,
                           cwd=ROOT, capture_output=True, text=True, timeout=600)

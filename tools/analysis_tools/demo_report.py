@@ -1,7 +1,8 @@
 """Summarise the demo: BASE vs DToP mIoU, GFLOPs, exited tokens and speed.
 
 Reads the metrics JSON that ``tools/test.py --work-dir DIR`` leaves in
-``DIR/<timestamp>/<timestamp>.json`` (the latest one is used) for both models and,
+``DIR/<timestamp>/<timestamp>.json`` (the latest one is used) for BASE, DToP and,
+optionally, the fair control (the BASE fine-tuned as long as DToP, pruning off) and,
 optionally, the JSON of ``tools/analysis_tools/benchmark.py --out`` for the
 measured speedup, then prints a Markdown table and writes it (plus the numbers as
 JSON) next to ``--out``.
@@ -71,21 +72,30 @@ def _fmt(v: Optional[float], spec: str = '.2f', suffix: str = '') -> str:
 
 
 def build_report(base: Dict[str, float], dtop: Dict[str, float],
-                 benchmark: Optional[dict] = None) -> dict:
+                 benchmark: Optional[dict] = None,
+                 control: Optional[Dict[str, float]] = None,
+                 names: Optional[Dict[str, str]] = None) -> dict:
     """Numbers of the demo table.
 
     Args:
         base (dict): BASE test metrics (``IoUFlopsMetric`` keys).
         dtop (dict): DToP test metrics.
         benchmark (dict, optional): ``benchmark.py --out`` JSON.
+        control (dict, optional): test metrics of the fair control: the BASE
+            fine-tuned for as many iterations as DToP, with pruning off.
+        names (dict, optional): row labels for ``base``, ``control``, ``dtop``.
 
     Returns:
         dict: ``rows`` (one per model) and ``summary`` (deltas and speedups).
     """
+    names = dict(dict(base='BASE', control='BASE + fine-tune (p0 = 1)', dtop='DToP'),
+                 **(names or {}))
     num_exit = len([k for k in dtop if re.fullmatch(r'exit_frac_s\d+', k)])
     rows = []
-    for name, m in (('BASE', base), ('DToP', dtop)):
-        row = dict(model=name, mIoU=m.get('mIoU'),
+    models = [('base', base)] + ([('control', control)] if control else []) + [('dtop', dtop)]
+    for key, m in models:
+        name = names[key]
+        row = dict(model=name, role=key, mIoU=m.get('mIoU'),
                    gflops_aux=m.get('GFLOPs_crop'), gflops_noaux=m.get('GFLOPs_crop_noaux'),
                    gflops_img=m.get('GFLOPs_img'),
                    exit_pct=[100 * m[f'exit_frac_s{s}'] if f'exit_frac_s{s}' in m else None
@@ -94,6 +104,8 @@ def build_report(base: Dict[str, float], dtop: Dict[str, float],
         rows.append(row)
     summary = dict(delta_mIoU=(dtop['mIoU'] - base['mIoU'])
                    if 'mIoU' in dtop and 'mIoU' in base else None)
+    if control and 'mIoU' in control and 'mIoU' in dtop:
+        summary['delta_mIoU_vs_control'] = dtop['mIoU'] - control['mIoU']
     dense = base.get('GFLOPs_dense_crop')
     dense_all = base.get('GFLOPs_dense_crop_allheads')
     if dense and dtop.get('GFLOPs_crop') is not None:
@@ -119,7 +131,7 @@ def format_report(report: dict) -> str:
     head += ['tokens reaching the last stage', 'measured speedup']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for r in rows:
-        if r['model'] == 'BASE':
+        if r['role'] != 'dtop':
             sp = '1.00×'
         else:
             sp = ', '.join(f'{v:.2f}× (batch {b})' for b, v in sorted(speed.items())) or '–'
@@ -130,6 +142,9 @@ def format_report(report: dict) -> str:
         lines.append('| ' + ' | '.join(cells) + ' |')
     out = '\n'.join(lines)
     notes = []
+    if summary.get('delta_mIoU_vs_control') is not None:
+        notes.append(f"DToP - fair control (same fine-tune, pruning off): "
+                     f"{summary['delta_mIoU_vs_control']:+.2f} mIoU")
     if summary.get('delta_mIoU') is not None:
         notes.append(f"DToP - BASE: {summary['delta_mIoU']:+.2f} mIoU")
     if summary.get('gflops_cut_pct') is not None:
@@ -150,6 +165,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description='Demo table: BASE vs DToP')
     p.add_argument('--base', required=True, help='tools/test.py --work-dir of the BASE test')
     p.add_argument('--dtop', required=True, help='tools/test.py --work-dir of the DToP test')
+    p.add_argument('--control', help='tools/test.py --work-dir of the fair control (the '
+                   'BASE fine-tuned like DToP with pruning off)')
+    p.add_argument('--base-name', default='BASE', help='label of the BASE row')
+    p.add_argument('--control-name', default='BASE + fine-tune (p0 = 1)',
+                   help='label of the control row')
+    p.add_argument('--dtop-name', default='DToP', help='label of the DToP row')
     p.add_argument('--benchmark', help='JSON from tools/analysis_tools/benchmark.py --out')
     p.add_argument('--out', help='write the Markdown table here (and the numbers as '
                    '<out>.json)')
@@ -159,13 +180,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> dict:
     args = parse_args(argv)
     base, dtop = latest_metrics(args.base), latest_metrics(args.dtop)
+    control = latest_metrics(args.control) if args.control else None
     bench = None
     if args.benchmark:
         if not osp.isfile(args.benchmark):
             raise FileNotFoundError(f'benchmark JSON not found: {args.benchmark}')
         with open(args.benchmark, encoding='utf-8') as f:
             bench = json.load(f)
-    report = build_report(base, dtop, bench)
+    report = build_report(base, dtop, bench, control,
+                          dict(base=args.base_name, control=args.control_name,
+                               dtop=args.dtop_name))
     text = format_report(report)
     print(text)
     if args.out:
@@ -174,7 +198,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
         with open(args.out, 'w', encoding='utf-8') as f:
             f.write(text + '\n')
         with open(osp.splitext(args.out)[0] + '.json', 'w', encoding='utf-8') as f:
-            json.dump(dict(report, base_metrics=base, dtop_metrics=dtop), f, indent=1)
+            json.dump(dict(report, base_metrics=base, control_metrics=control,
+                           dtop_metrics=dtop), f, indent=1)
     return report
 
 
