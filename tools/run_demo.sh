@@ -52,12 +52,16 @@ if [[ "${DEMO_SKIP_SETUP:-0}" != 1 ]]; then
   bash tools/setup_env.sh
 fi
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
-[[ -x "$PY" ]] || command -v "$PY" >/dev/null 2>&1 || fail "no Python at $PY; run bash tools/setup_env.sh"
+[[ -x "$PY" ]] || command -v "$PY" >/dev/null 2>&1 \
+  || fail "no Python at $PY; run bash tools/setup_env.sh"
 export PYTHON="$PY"
-free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+free_port() {
+  "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
 
 step "2/7 demo dataset -> $DATA ($NUM_TRAIN train + $NUM_VAL val images)"
-STAMP="seed0 $NUM_TRAIN $NUM_VAL $(sha256sum dtop/datasets/demo_generator.py dtop/datasets/demo_meta.py | sha256sum | cut -c1-16)"
+GEN_HASH="$(cat dtop/datasets/demo_generator.py dtop/datasets/demo_meta.py | sha256sum | cut -c1-16)"
+STAMP="seed0 $NUM_TRAIN $NUM_VAL $GEN_HASH"
 if [[ -f "$DATA/.demo-stamp" && "$(cat "$DATA/.demo-stamp")" == "$STAMP" ]]; then
   echo "up to date ($DATA/.demo-stamp)"
 else

@@ -1,7 +1,8 @@
 # Demo BASE model (no pruning) on the embedded synthetic dataset, sized for 2 CPU cores.
 #
 #   python -m dtop.datasets.demo_generator --out data/demo      # the data (seconds)
-#   bash tools/dist_train.sh configs/demo/segvit_vit-t16-8l_1xb8-2k_demo-128x128.py work_dirs/demo/base
+#   bash tools/dist_train.sh configs/demo/segvit_vit-t16-8l_1xb8-2k_demo-128x128.py \
+#       work_dirs/demo/base
 #
 # DToP's 3-head SegViT, shrunk: a ViT with embed 192, 8 layers, 3 attention heads,
 # patch 16, trained from scratch (no ImageNet weights can be downloaded here), and

@@ -43,7 +43,8 @@ class DToPVisualizer(SegLocalVisualizer):
             amber → red, see :func:`~dtop.visualization.stage_colors`).
         draw_exit_map (bool): add the exit panel when statistics are present.
         with_titles (bool): title strip above each panel and the legend below.
-        **kwargs: :class:`SegLocalVisualizer` arguments (``vis_backends``, ``save_dir``, ``alpha``, ``classes``, ...).
+        **kwargs: other :class:`SegLocalVisualizer` arguments (``vis_backends``,
+            ``save_dir``, ``alpha``, ...).
     """
 
     def __init__(self,

@@ -247,3 +247,22 @@ def test_skipping_idle_aux_heads_changes_nothing(p0):
     assert full.heads_run == (True, True, True)
     assert torch.equal(skipped.active_counts, full.active_counts)
     torch.testing.assert_close(skipped.final_probs(), full.final_probs(), rtol=0, atol=0)
+
+
+def test_slide_exit_map_takes_the_latest_stage_over_overlapping_crops():
+    model = build(seed=8, prune_threshold=0.3, keep_topk_per_class=1, img_size=(48, 48),
+                  test_mode='slide')
+    x = images(1, 80, 112, seed=8)
+    with torch.no_grad():
+        _, stats = model.inference_with_stats(x, [dict(ori_shape=(80, 112))])
+        exit_map = stats[0]['exit_map']
+        # The same windows, one crop at a time, combined by hand.
+        expect = torch.zeros(80, 112, dtype=torch.uint8)
+        for y1, x1 in [(0, 0), (0, 24), (0, 48), (0, 64), (24, 0), (24, 24), (24, 48),
+                       (24, 64), (32, 0), (32, 24), (32, 48), (32, 64)]:
+            out = model.run_stages(x[:, :, y1:y1 + 48, x1:x1 + 48])
+            crop = out.exit_stage[0].repeat_interleave(16, 0).repeat_interleave(16, 1)
+            region = expect[y1:y1 + 48, x1:x1 + 48]
+            expect[y1:y1 + 48, x1:x1 + 48] = torch.maximum(region, crop.to(torch.uint8))
+    assert torch.equal(exit_map, expect)
+    assert exit_map.min() < 2, 'no token exited; test is vacuous'

@@ -33,7 +33,8 @@ def test_colorize_gives_each_stage_its_colour():
     out = colorize_exit_map(exit_map, 3)
     assert out.shape == (40, 56, 3) and out.dtype == np.uint8
     for s, c in enumerate(stage_colors(3)):
-        np.testing.assert_array_equal(out[exit_map == s], np.broadcast_to(c, out[exit_map == s].shape))
+        sel = out[exit_map == s]
+        np.testing.assert_array_equal(sel, np.broadcast_to(c, sel.shape))
     with pytest.raises(ValueError, match='values'):
         colorize_exit_map(np.full((2, 2), 3), 3)
     with pytest.raises(ValueError, match='colours'):

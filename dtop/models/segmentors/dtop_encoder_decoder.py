@@ -310,8 +310,8 @@ class DToPEncoderDecoder(EncoderDecoder):
         Each returned sample carries metainfo ``dtop_stats``: ``token_counts``
         ``(num_crops, S)`` active tokens per stage and crop, ``grid_tokens`` (full
         grid per crop), ``crop_shape``, and ``exit_map`` ``(H, W)`` uint8, the
-        stage each input pixel's token exited at (averaged over overlapping
-        crops, at the padded input size).
+        stage each input pixel's token exited at (the latest over overlapping
+        slide crops, at the padded input size).
         """
         if data_samples is not None:
             batch_img_metas = [ds.metainfo for ds in data_samples]
@@ -387,14 +387,17 @@ class DToPEncoderDecoder(EncoderDecoder):
         exits = torch.cat(exits).unflatten(0, (B, n_win))
         counts = torch.cat(counts).unflatten(0, (B, n_win))
         preds = inputs.new_zeros((B, self.out_channels, H, W))
-        exit_sum = inputs.new_zeros((B, 1, H, W))
+        # Where crops overlap, a pixel shows the latest stage any crop kept its
+        # token to (an average would show stages that no crop used).
+        exit_max = inputs.new_zeros((B, 1, H, W))
         count_mat = inputs.new_zeros((B, 1, H, W))
         for j, (y1, x1, y2, x2) in enumerate(windows):
             preds[:, :, y1:y2, x1:x2] += probs[:, j]
-            exit_sum[:, :, y1:y2, x1:x2] += exits[:, j]
+            exit_max[:, :, y1:y2, x1:x2] = torch.maximum(exit_max[:, :, y1:y2, x1:x2],
+                                                         exits[:, j])
             count_mat[:, :, y1:y2, x1:x2] += 1
         seg = preds / count_mat
-        exit_map = (exit_sum / count_mat)[:, 0]
+        exit_map = exit_max[:, 0]
         hc, wc = crops.shape[-2:]
         p = self.backbone.patch_size
         grid_tokens = -(-hc // p) * -(-wc // p)
