@@ -266,3 +266,22 @@ def test_slide_exit_map_takes_the_latest_stage_over_overlapping_crops():
             expect[y1:y1 + 48, x1:x1 + 48] = torch.maximum(region, crop.to(torch.uint8))
     assert torch.equal(exit_map, expect)
     assert exit_map.min() < 2, 'no token exited; test is vacuous'
+
+
+def test_extract_feat_keeps_exited_tokens_and_matches_single_images():
+    model = build(seed=2, prune_threshold=0.5, keep_topk_per_class=2, img_size=(80, 96))
+    x = images(3, 80, 96, seed=2)
+    with torch.no_grad():
+        out = model.run_stages(x, with_features=True)
+        feats = model.extract_feat(x)
+        for a, b in zip(feats, out.features):
+            assert torch.equal(a, b)
+        exited_first = out.exit_stage == 0  # (B, h, w)
+        assert exited_first.any(), 'nothing exited; test is vacuous'
+        for f in out.features[1:]:  # an exited token keeps its stage-0 feature
+            assert torch.equal(f.permute(0, 2, 3, 1)[exited_first],
+                               out.features[0].permute(0, 2, 3, 1)[exited_first])
+        for i in range(3):
+            single = model.run_stages(x[i:i + 1], with_features=True)
+            for a, b in zip(out.features, single.features):
+                torch.testing.assert_close(a[i:i + 1], b, rtol=1e-5, atol=1e-5)

@@ -219,12 +219,12 @@ class DToPEncoderDecoder(EncoderDecoder):
             else:
                 head_outputs.append(None)
             if with_features:
+                # (B, C, N) layout: an exited token keeps its exit-stage feature.
                 if pos is None:
-                    dense = x
+                    dense = x.transpose(1, 2)
                 else:
-                    ext = torch.cat([dense, dense.new_zeros(B, 1, C)], 1)
-                    dense = ext.scatter(1, pos.unsqueeze(-1).expand(-1, -1, C), x)[:, :N]
-                features.append(dense.transpose(1, 2).reshape(B, C, h, w))
+                    dense = _scatter_columns(dense, x.transpose(1, 2), pos)
+                features.append(dense.reshape(B, C, h, w))
             if threshold is None:
                 continue
             with torch.no_grad():
