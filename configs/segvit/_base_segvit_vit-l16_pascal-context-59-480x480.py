@@ -1,0 +1,25 @@
+# Model + data of the PASCAL-Context-59 ViT-L/16 row, shared by its BASE config
+# (configs/segvit/, + schedule_160k) and its prune config (configs/dtop/,
+# + schedule_40k). Not a runnable config by itself (no schedule); the leading
+# underscore keeps it apart from the configs of the results table.
+#
+# The heads are those of _base_/models/dtop_vit-l16.py (one place for the ATM head
+# and loss settings) with 59 classes and 16 attention heads, as the official PC-59
+# config; 480x480 crops, slide test 480/320.
+_base_ = [
+    '../_base_/models/dtop_vit-l16.py', '../_base_/datasets/pascal_context_59.py',
+    '../_base_/default_runtime.py'
+]
+__crop_size = (480, 480)
+__num_classes = 59
+__head = dict(
+    _base_.model.decode_head,
+    num_classes=__num_classes,
+    num_heads=16,
+    loss_decode=dict(_base_.model.decode_head.loss_decode, num_classes=__num_classes))
+model = dict(
+    data_preprocessor=dict(size=__crop_size),
+    backbone=dict(img_size=__crop_size),
+    decode_head=__head,
+    auxiliary_head=[__head, __head],
+    test_cfg=dict(crop_size=__crop_size, stride=(320, 320)))
