@@ -191,19 +191,30 @@ run_step() {
     return 0
   fi
   "$@" > "$log" 2>&1 &
-  local pid=$! line="" quarter=0 p done total eta spi rate
+  local pid=$! line="" quarter=0 p it total eta spi rate
+  local ticks=0 last
   while kill -0 "$pid" 2>/dev/null; do
     sleep 1
+    ticks=$(( ticks + 1 ))
     p="$(progress "$log")"
-    [[ -n "$p" ]] || continue
-    read -r done total eta spi <<< "$p"
+    if [[ -z "$p" ]]; then
+      # No iteration lines (set-up, dataset, benchmark): the log's last line.
+      last="$(tail -n 1 "$log" 2>/dev/null | tr -d '\r' | cut -c1-90 || true)"
+      if (( TTY )); then
+        printf '\r\033[K%s' "$label: $last"
+      elif (( ticks % 300 == 0 )); then
+        say "$label: still running after $(hms "$ticks"): $last"
+      fi
+      continue
+    fi
+    read -r it total eta spi <<< "$p"
     rate=""
     [[ -n "$spi" ]] && rate="$(awk -v t="$spi" 'BEGIN { if (t > 0) printf ", %.1f it/s", 1 / t }')"
-    line="$label: $done/$total$rate, ETA $eta"
+    line="$label: $it/$total$rate, ETA $eta"
     if (( TTY )); then
       printf '\r\033[K%s' "$line"
-    elif (( total > 0 && done * 4 >= (quarter + 1) * total && quarter < 3 )); then
-      quarter=$(( done * 4 / total )); (( quarter > 3 )) && quarter=3
+    elif (( total > 0 && it * 4 >= (quarter + 1) * total && quarter < 3 )); then
+      quarter=$(( it * 4 / total )); (( quarter > 3 )) && quarter=3
       say "$line"
     fi
   done
@@ -217,9 +228,9 @@ run_step() {
   fi
   p="$(progress "$log")"
   if [[ -n "$p" ]]; then
-    read -r done total eta spi <<< "$p"
-    rate="$(awk -v n="$done" -v s="$secs" 'BEGIN { if (s > 0) printf ", %.1f it/s overall", n / s }')"
-    say "$label: $done/$total in $(hms "$secs")$rate"
+    read -r it total eta spi <<< "$p"
+    rate="$(awk -v n="$it" -v s="$secs" 'BEGIN { if (s > 0) printf ", %.1f it/s overall", n / s }')"
+    say "$label: $it/$total in $(hms "$secs")$rate"
   else
     say "$label: done in $(hms "$secs")"
   fi

@@ -4,6 +4,7 @@ Each case stops in the script's first second (no training): a folder the demo di
 not create, DEMO_REUSE=1 without checkpoints, an unknown or unwritten --model.
 """
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -120,3 +121,40 @@ def test_help_and_bad_option():
         in proc.stdout
     proc = run_demo('--fast')
     assert proc.returncode == 1 and 'unknown option --fast' in proc.stderr
+
+
+def test_quiet_step_shows_progress_from_mmengine_lines_and_the_log_on_failure(tmp_path):
+    """run_step of tools/run_demo.sh (extracted from the script): iterations/s and ETA
+    from mmengine's "Iter(train) [i/N] ... eta ... time" lines, at most three progress
+    lines and one summary per step when the output is not a terminal; a failing step
+    shows its log's tail and the log path."""
+    text = SCRIPT.read_text()
+
+    def function(name):
+        start = text.index(f'\n{name}() {{') + 1
+        return text[start:text.index('\n}\n', start) + 3]
+
+    fake = tmp_path / 'fake_train.sh'
+    fake.write_text('for i in 1 2 3 4 5 6 7 8; do echo "12/01 10:00:00 - mmengine - INFO - '
+                    'Iter(train) [$i/8]  lr: 1.0e-03  eta: 0:00:0$((8 - i))  time: 0.2500  '
+                    'data_time: 0.0100  loss: 1.0"; sleep 0.3; done\n')
+    harness = tmp_path / 'harness.sh'
+    harness.write_text(
+        'set -euo pipefail\nVERBOSE=0; TTY=0; T0=$(date +%s); LOGS=' + str(tmp_path / 'logs')
+        + '; mkdir -p "$LOGS"\n'
+        + ''.join(line + '\n' for line in text.splitlines()
+                  if line.startswith(('say() ', 'hms() ', 'fail() ')))
+        + function('progress') + function('run_step')
+        + f'run_step train "[3/7] BASE training" bash {fake}\n'
+        + 'run_step broken "[4/7] broken" bash -c "echo first; echo boom; exit 3"\n')
+    proc = subprocess.run(['bash', str(harness)], capture_output=True, text=True, timeout=60)
+    lines = proc.stdout.splitlines()
+    progress = [line for line in lines if line.startswith('[3/7] BASE training: ')]
+    assert 2 <= len(progress) <= 4, proc.stdout
+    assert all(', 4.0 it/s, ETA 0:00:0' in line for line in progress[:-1]), proc.stdout
+    assert re.fullmatch(r'\[3/7\] BASE training: 8/8 in \d+s, [\d.]+ it/s overall',
+                        progress[-1]), proc.stdout
+    assert (tmp_path / 'logs' / 'train.log').read_text().count('Iter(train)') == 8
+    assert proc.returncode == 1
+    assert '[4/7] broken: FAILED after' in proc.stdout and '  | boom' in proc.stdout
+    assert f'full log: {tmp_path}/logs/broken.log' in proc.stderr
