@@ -1,0 +1,127 @@
+"""Segmenter's mask transformer as a DToP stage head (the final head).
+
+mmseg's :class:`SegmenterMaskTransformerHead` projects the patch tokens
+(``dec_proj``), appends ``Q`` learned class embeddings, runs a few ViT encoder
+layers over the joint sequence, normalises (``decoder_norm``), projects patches and
+classes (``patch_proj`` / ``classes_proj``), L2-normalises both, and takes the mask
+logit of class ``c`` at token ``t`` as ``<patch_t, class_c>``, followed by a
+LayerNorm over classes (``mask_norm``).
+
+:class:`DToPSegmenterMaskHead` does exactly this on the *active* tokens of every
+image: each image's joint sequence is its active patch tokens followed by its ``Q``
+class embeddings, packed for the whole batch (:class:`Segments` of lengths
+``n_b + Q``), and the transformer layers run through
+:func:`~dtop.models.backbones.dtop_vit.packed_layer_forward` (attention within each
+image). Exited tokens take no part: the class embeddings attend only to tokens
+still active. With nothing pruned this is mmseg's head; parameters are mmseg's, so
+mmseg Segmenter checkpoints load unchanged.
+"""
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from mmseg.models.decode_heads import SegmenterMaskTransformerHead
+from mmseg.models.utils import resize
+from mmseg.registry import MODELS
+from torch import Tensor
+
+from ..backbones.dtop_vit import packed_layer_forward
+from ..packing import Segments
+from .stage_head import HeadOutput, StageHeadMixin
+
+
+def append_per_image(segments: Segments, extra: int):
+    """Packing of ``n_b`` tokens + ``extra`` appended tokens per image.
+
+    Args:
+        segments (Segments): packing of the ``n_b`` tokens of each image.
+        extra (int): tokens appended after each image's tokens (``Q``).
+
+    Returns:
+        tuple: joint :class:`Segments` (lengths ``n_b + extra``), ``token_dest``
+        ``(T,)`` long position of each original token in the joint packing and
+        ``extra_dest`` ``(B, extra)`` long positions of the appended tokens.
+    """
+    B = segments.batch_size
+    device = segments.cu_seqlens.device
+    shift = torch.arange(B + 1, device=device, dtype=torch.int32) * extra
+    cu = segments.cu_seqlens + shift
+    starts = cu[:-1].long()
+    token_dest = starts[segments.batch_index] + segments.slot
+    extra_dest = (starts + segments.counts)[:, None] + torch.arange(extra, device=device)
+    total = segments.total + B * extra
+    counts = segments.counts + extra
+    batch_index = torch.repeat_interleave(torch.arange(B, device=device), counts,
+                                          output_size=total)
+    slot = torch.arange(total, device=device) - starts[batch_index]
+    joint = Segments(lengths=[n + extra for n in segments.lengths], cu_seqlens=cu,
+                     batch_index=batch_index, slot=slot)
+    return joint, token_dest, extra_dest
+
+
+@MODELS.register_module()
+class DToPSegmenterMaskHead(StageHeadMixin, SegmenterMaskTransformerHead):
+    """Segmenter's mask transformer running on the packed active tokens.
+
+    Args:
+        attention_backend (str): backend of the packed attention of its layers
+            (see :func:`dtop.models.packing.packed_attention`). Default ``'auto'``.
+        **kwargs: mmseg's ``SegmenterMaskTransformerHead`` arguments
+            (``in_channels``, ``num_layers``, ``num_heads``, ``embed_dims``,
+            ``num_classes``, ``drop_path_rate``, ...).
+    """
+
+    canvas_space = 'log_probs'
+    supported_spaces = ('log_probs',)
+
+    def __init__(self, attention_backend: str = 'auto', **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.attention_backend = attention_backend
+
+    def forward_tokens(self, tokens: Tensor, segments: Segments) -> HeadOutput:
+        """Mask logits of the active tokens.
+
+        Args:
+            tokens (Tensor): ``(T, C)`` packed active patch tokens (after the
+                backbone's final norm).
+            segments (Segments): image boundaries of ``tokens``.
+
+        Returns:
+            HeadOutput: ``token_values`` ``(T, Q)`` — ``mask_norm`` of
+            ``<l2(patch_proj(x_t)), l2(classes_proj(c_q))>``, mmseg's mask logits.
+        """
+        if tokens.dim() != 2:
+            raise ValueError(f'DToPSegmenterMaskHead expects packed tokens (T, C), got '
+                             f'{tuple(tokens.shape)}')
+        Q = self.num_classes
+        B = segments.batch_size
+        x = self.dec_proj(tokens)  # (T, E)
+        E = x.shape[-1]
+        joint, token_dest, cls_dest = append_per_image(segments, Q)
+        cls_emb = self.cls_emb.to(x.dtype).expand(B, -1, -1).reshape(B * Q, E)
+        z = x.new_zeros((joint.total, E)).index_put(
+            (torch.cat([token_dest, cls_dest.reshape(-1)]), ), torch.cat([x, cls_emb]))
+        for layer in self.layers:
+            z = packed_layer_forward(layer, z, joint, self.attention_backend)
+        z = self.decoder_norm(z)
+        patches = F.normalize(self.patch_proj(z[token_dest]), dim=-1, p=2)  # (T, E)
+        classes = F.normalize(self.classes_proj(z[cls_dest]), dim=-1, p=2)  # (B, Q, E)
+        # Only the (n_b x Q) products need the per-image layout.
+        masks = segments.unpad(segments.pad(patches) @ classes.transpose(1, 2))  # (T, Q)
+        return HeadOutput(self.mask_norm(masks))
+
+    def to_pixels(self, seg_map: Tensor, size: Sequence[int],
+                  patch_size: Optional[int] = None) -> Tensor:
+        """Token-grid mask logits → pixels as mmseg's ``predict_by_feat`` /
+        ``loss_by_feat``: a bilinear resize to ``size``.
+
+        Args:
+            seg_map (Tensor): ``(B, Q, h, w)``.
+            size (Sequence[int]): target ``(H, W)``.
+            patch_size (int, optional): unused (contract signature).
+
+        Returns:
+            Tensor: ``(B, Q, H, W)``.
+        """
+        return resize(seg_map, size=tuple(int(s) for s in size), mode='bilinear',
+                      align_corners=self.align_corners)
