@@ -10,6 +10,12 @@ def read_version() -> str:
 
 
 def read_requirements(path: str = 'requirements.txt') -> list:
+    """Requirement lines of ``path`` (comments and blank lines dropped).
+
+    ``requirements.txt`` holds the version *ranges* DToP needs, so installing it into
+    an existing environment keeps the torch/mmcv already there; the exact versions of
+    ``tools/setup_env.sh`` are in ``constraints.txt`` (not read here).
+    """
     reqs = []
     with open(path, encoding='utf-8') as f:
         for line in f:
@@ -29,6 +35,9 @@ setup(
     license='Apache-2.0',
     packages=find_packages(include=('dtop', 'dtop.*')),
     python_requires='>=3.9',
-    install_requires=read_requirements(),
+    install_requires=read_requirements('requirements.txt'),
+    extras_require=dict(
+        optional=read_requirements('requirements-optional.txt'),
+        tests=read_requirements('requirements-dev.txt')),
     zip_safe=False,
 )

@@ -10,7 +10,8 @@
 #      $DTOP_CACHE (default ~/.cache/dtop), keyed on the torch version and CPU/CUDA.
 #      CPU ops always; CUDA ops when `nvcc` and a GPU (`nvidia-smi`) are both present.
 #      Expect ~20-25 min on 2 cores for the first build; later runs reuse the wheel.
-#   4. requirements.txt + requirements-dev.txt, then `pip install -e .` (package dtop).
+#   4. requirements.txt (ranges) + requirements-optional.txt + requirements-dev.txt with
+#      the exact tested versions of constraints.txt, then `pip install -e .` (dtop).
 #
 # Environment knobs: PYTHON (interpreter, default python3.11 or python3), DTOP_VENV (venv
 # path), DTOP_CACHE (wheel cache), MAX_JOBS (compile jobs, default nproc).
@@ -19,7 +20,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${DTOP_VENV:-$ROOT/.venv}"
 CACHE="${DTOP_CACHE:-$HOME/.cache/dtop}"
-MMCV_VERSION="2.1.0"
+MMCV_VERSION="$(sed -n 's/^mmcv==//p' "$ROOT/constraints.txt")"
+[[ -n "$MMCV_VERSION" ]] || { echo "setup_env: no 'mmcv==' pin in constraints.txt" >&2; exit 1; }
 T0=$(date +%s)
 
 log() { printf '[setup_env %4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
@@ -35,8 +37,9 @@ pick_python() {
 
 # Everything that decides the environment's content goes into the stamp.
 stamp_of() {
-  cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" "$ROOT/tools/setup_env.sh" \
-    "$ROOT/setup.py" | sha256sum | cut -d' ' -f1
+  cat "$ROOT/requirements.txt" "$ROOT/requirements-optional.txt" "$ROOT/requirements-dev.txt" \
+    "$ROOT/constraints.txt" "$ROOT/tools/setup_env.sh" "$ROOT/setup.py" \
+    | sha256sum | cut -d' ' -f1
 }
 
 IMPORT_CHECK='import torch, torchvision, mmcv, mmcv.ops, mmseg.models, mmpretrain, dtop'
@@ -58,8 +61,12 @@ PIP=("$PY" -m pip --disable-pip-version-check)
 
 log "installing torch, torchvision and build tools (first time ~2 min, ~5.5 GB)"
 "${PIP[@]}" install -q "pip>=23" wheel ninja "setuptools>=77.0.3,<82"
-"${PIP[@]}" install -q "$(grep -E '^torch==' "$ROOT/requirements.txt")" \
-  "$(grep -E '^torchvision==' "$ROOT/requirements.txt")"
+# The exact tested versions live in constraints.txt (requirements.txt has ranges).
+pin_of() {
+  grep -E "^$1==" "$ROOT/constraints.txt" \
+    || { echo "setup_env: no '$1==' pin in constraints.txt" >&2; exit 1; }
+}
+"${PIP[@]}" install -q "$(pin_of torch)" "$(pin_of torchvision)"
 
 # ---------------------------------------------------------------- mmcv with ops
 if "$PY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'" >/dev/null 2>&1; then
@@ -112,7 +119,8 @@ else
 fi
 
 log "installing requirements"
-"${PIP[@]}" install -q -r "$ROOT/requirements.txt" -r "$ROOT/requirements-dev.txt"
+"${PIP[@]}" install -q -r "$ROOT/requirements.txt" -r "$ROOT/requirements-optional.txt" \
+  -r "$ROOT/requirements-dev.txt" -c "$ROOT/constraints.txt"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
 
 log "checking imports"
