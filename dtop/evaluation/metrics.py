@@ -30,7 +30,9 @@ Reported keys (next to ``aAcc``/``mIoU``/``mAcc``):
 * ``exit_frac_s{s}``: mean over crops of the fraction of the grid's tokens that
   exited after stage ``s`` (auxiliary stages); ``active_frac_final``: the fraction
   that reached the final stage.
-* ``crops_per_img``: mean slide crops per image.
+* ``crops_per_img``: mean slide crops per image (summed over TTA passes).
+* ``tta_passes_per_img`` (``--tta`` runs only, via :class:`DToPTTAModel`): augmented
+  passes per image; every GFLOPs figure per image is then the sum over the passes.
 """
 import copy
 from typing import Dict, List, Optional, Sequence, Union
@@ -57,7 +59,9 @@ def flops_summary(records: Sequence[dict], dims: DToPCostDims) -> Dict[str, floa
     Args:
         records (Sequence[dict]): one per image, with ``token_counts``
             ``(num_crops, S)``, ``grid_tokens`` (int), ``crop_shape`` ``(h, w)`` and
-            optionally ``heads_run`` (per stage, whether its head ran; default all).
+            optionally ``heads_run`` (per stage, whether its head ran; default all),
+            or ``passes``: a list of such records, one per test-time augmentation
+            pass (the image's cost is then the sum over its passes).
         dims (DToPCostDims): model dimensions.
 
     Returns:
@@ -70,25 +74,37 @@ def flops_summary(records: Sequence[dict], dims: DToPCostDims) -> Dict[str, floa
     img_with, img_without, img_dense, img_dense_all = [], [], [], []
     crop_with, crop_without, crop_dense, crop_dense_all = [], [], [], []
     exit_fracs, final_fracs, crops_per_img = [], [], []
+    passes_per_img = []
     for rec in records:
-        counts = _to_numpy(rec['token_counts']).reshape(-1, S).astype(np.float64)
-        crop_shape = tuple(int(v) for v in rec['crop_shape'])
-        N = int(rec['grid_tokens'])
-        cost = model_flops(dims, counts, crop_shape, grid_tokens=N,
-                           heads_run=rec.get('heads_run'))
-        dense = model_flops(dims, np.full((1, S), N), crop_shape, grid_tokens=N)
-        n = counts.shape[0]
-        crop_with.append(cost['backbone_all_heads'])
-        crop_without.append(cost['backbone_final_head'])
-        crop_dense.append(np.repeat(dense['backbone_final_head'], n))
-        crop_dense_all.append(np.repeat(dense['backbone_all_heads'], n))
-        img_with.append(cost['backbone_all_heads'].sum())
-        img_without.append(cost['backbone_final_head'].sum())
-        img_dense.append(dense['backbone_final_head'][0] * n)
-        img_dense_all.append(dense['backbone_all_heads'][0] * n)
-        exit_fracs.append((counts[:, :-1] - counts[:, 1:]) / N)
-        final_fracs.append(counts[:, -1] / N)
-        crops_per_img.append(n)
+        # Test-time augmentation (DToPTTAModel): one record per augmented pass; the
+        # image's cost is the sum over its passes.
+        passes = rec.get('passes') or [rec]
+        totals = np.zeros(4)
+        n_img = 0
+        for p in passes:
+            counts = _to_numpy(p['token_counts']).reshape(-1, S).astype(np.float64)
+            crop_shape = tuple(int(v) for v in p['crop_shape'])
+            N = int(p['grid_tokens'])
+            cost = model_flops(dims, counts, crop_shape, grid_tokens=N,
+                               heads_run=p.get('heads_run'))
+            dense = model_flops(dims, np.full((1, S), N), crop_shape, grid_tokens=N)
+            n = counts.shape[0]
+            crop_with.append(cost['backbone_all_heads'])
+            crop_without.append(cost['backbone_final_head'])
+            crop_dense.append(np.repeat(dense['backbone_final_head'], n))
+            crop_dense_all.append(np.repeat(dense['backbone_all_heads'], n))
+            totals += (cost['backbone_all_heads'].sum(), cost['backbone_final_head'].sum(),
+                       dense['backbone_final_head'][0] * n,
+                       dense['backbone_all_heads'][0] * n)
+            exit_fracs.append((counts[:, :-1] - counts[:, 1:]) / N)
+            final_fracs.append(counts[:, -1] / N)
+            n_img += n
+        img_with.append(totals[0])
+        img_without.append(totals[1])
+        img_dense.append(totals[2])
+        img_dense_all.append(totals[3])
+        crops_per_img.append(n_img)
+        passes_per_img.append(len(passes))
     g = 1e-9
     crop_with, crop_without = np.concatenate(crop_with) * g, np.concatenate(crop_without) * g
     crop_dense, crop_dense_all = np.concatenate(crop_dense) * g, np.concatenate(crop_dense_all) * g
@@ -108,7 +124,19 @@ def flops_summary(records: Sequence[dict], dims: DToPCostDims) -> Dict[str, floa
         out[f'exit_frac_s{s}'] = exit_fracs[:, s].mean()
     out['active_frac_final'] = np.concatenate(final_fracs).mean()
     out['crops_per_img'] = float(np.mean(crops_per_img))
+    if max(passes_per_img) > 1:
+        out['tta_passes_per_img'] = float(np.mean(passes_per_img))
     return {k: float(v) for k, v in out.items()}
+
+
+def _stats_record(stats: dict) -> dict:
+    """The small part of one ``dtop_stats`` the metric keeps (no exit map)."""
+    rec = dict(token_counts=_to_numpy(stats['token_counts']).astype(np.int32),
+               grid_tokens=int(stats['grid_tokens']),
+               crop_shape=tuple(int(v) for v in stats['crop_shape']))
+    if stats.get('heads_run') is not None:
+        rec['heads_run'] = tuple(bool(v) for v in stats['heads_run'])
+    return rec
 
 
 def _resolve_dims(cost_dims, model_cfg) -> Optional[DToPCostDims]:
@@ -156,6 +184,8 @@ class IoUFlopsMetric(IoUMetric):
                 carry ``dtop_stats`` at the top level.
         """
         for ds in data_samples:
+            if not self.format_only:
+                self._check_ground_truth(ds)
             before = len(self.results)
             super().process(data_batch, [ds])
             iou = self.results.pop() if len(self.results) > before else None
@@ -165,12 +195,46 @@ class IoUFlopsMetric(IoUMetric):
                                '"dtop_stats" metainfo; is the model a DToPEncoderDecoder?')
             rec = None
             if stats is not None:
-                rec = dict(token_counts=_to_numpy(stats['token_counts']).astype(np.int32),
-                           grid_tokens=int(stats['grid_tokens']),
-                           crop_shape=tuple(int(v) for v in stats['crop_shape']))
-                if stats.get('heads_run') is not None:
-                    rec['heads_run'] = tuple(bool(v) for v in stats['heads_run'])
+                rec = _stats_record(stats)
+                if stats.get('passes'):
+                    rec['passes'] = [_stats_record(p) for p in stats['passes']]
             self.results.append((iou, rec))
+
+    def _check_ground_truth(self, ds: dict) -> None:
+        """Refuse to score a sample whose labels or size cannot be scored right.
+
+        mmseg's ``IoUMetric`` silently drops label values ``>= num_classes`` from
+        the class areas but still counts the predicted pixels there (mIoU falls,
+        aAcc can become nan), and fails with a raw ``IndexError`` when the
+        annotation's size differs from the image's.
+
+        Raises:
+            DataError: naming the image / annotation, the offending values or
+                sizes, and the fix.
+        """
+        from dtop.datasets.checks import out_of_range_labels
+        from dtop.utils.errors import DataError
+        gt = ds.get('gt_sem_seg')
+        if gt is None:
+            return
+        label = gt['data'].squeeze()
+        pred = ds['pred_sem_seg']['data'].squeeze()
+        where = f"{ds.get('img_path')} (annotation {ds.get('seg_map_path')})"
+        if tuple(label.shape) != tuple(pred.shape):
+            raise DataError(
+                f'{where}: the annotation is {tuple(label.shape)} (H, W) but the '
+                f'prediction for the image is {tuple(pred.shape)}: annotation and image '
+                'sizes differ. Fix the annotation; tools/misc/check_dataset.py CONFIG '
+                'lists every such file.')
+        num_classes = len(self.dataset_meta['classes'])
+        bad = out_of_range_labels(label, num_classes, self.ignore_index)
+        if bad:
+            raise DataError(
+                f'{where}: label values {bad} are outside [0, {num_classes}) and are not '
+                f'the ignore index {self.ignore_index} (after the dataset\'s label '
+                'mapping, e.g. reduce_zero_label); they would be scored as errors. Fix '
+                'the annotation or the number of classes; tools/misc/check_dataset.py '
+                'CONFIG lists every such file.')
 
     def compute_metrics(self, results: List[tuple]) -> Dict[str, float]:
         """mIoU metrics of :class:`IoUMetric` plus the GFLOPs report.
