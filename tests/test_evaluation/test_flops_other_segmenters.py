@@ -1,0 +1,125 @@
+"""The cost model for SETR-naive and Segmenter (cls token, final norm, SETR and
+mask-transformer heads) against the library counter, ours and mmseg's dense model."""
+import os.path as osp
+import types
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmseg.registry import MODELS
+
+import dtop  # noqa: F401
+from dtop.evaluation.flops import (DToPCostDims, HeadDims, _DenseTrace, _HeadScopes,
+                                   _run_analyzer, count_flops_library, count_flops_mmseg,
+                                   dense_flops, mmseg_dense_flops, model_flops)
+from dtop.evaluation.metrics import flops_summary
+from dtop.models.mmseg_dense import mmseg_dense_model_cfg
+from dtop.testing_segmenters import tiny_segmenter_model_cfg, tiny_setr_model_cfg
+
+ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
+CFGS = dict(
+    setr=lambda: tiny_setr_model_cfg(num_classes=7, embed_dims=48, num_layers=5,
+                                     out_indices=(0, 2, 3, 4), channels=24),
+    segmenter=lambda: tiny_segmenter_model_cfg(num_classes=7, embed_dims=48,
+                                               num_layers=5, out_indices=(1, 3, 4),
+                                               head_layers=2, atm_channels=24))
+
+
+@pytest.fixture(autouse=True)
+def _scope():
+    init_default_scope('mmseg')
+
+
+@pytest.mark.parametrize('kind', list(CFGS))
+@pytest.mark.parametrize('shape', [(64, 64), (72, 40)])
+def test_library_counter_matches_analytic(kind, shape):
+    """Ours and mmseg's dense model, each against its analytic count, per module."""
+    cfg = CFGS[kind]()
+    torch.manual_seed(0)
+    model = MODELS.build(cfg)
+    dims = DToPCostDims.from_model(model)
+    assert dims.num_prefix_tokens == 1 and dims.final_norm
+    lib = count_flops_library(model, shape)
+    ana = dense_flops(dims, shape)
+    for key in ('backbone', 'upsample', 'final_head', 'aux_heads', 'backbone_final_head',
+                'backbone_all_heads'):
+        assert lib[key] == pytest.approx(ana[key], rel=1e-9), key
+    np.testing.assert_allclose(lib['heads'], ana['heads'], rtol=1e-9)
+
+    mm_cfg, kept = mmseg_dense_model_cfg(cfg)
+    mm = MODELS.build(mm_cfg)
+    mm_lib = count_flops_mmseg(mm, shape)
+    mm_ana = mmseg_dense_flops(dims, shape)
+    for key in ('backbone', 'upsample', 'final_head', 'backbone_final_head'):
+        assert mm_lib[key] == pytest.approx(mm_ana[key], rel=1e-9), key
+    np.testing.assert_allclose(mm_lib['heads'], [mm_ana['heads'][s] for s in kept] +
+                               [mm_ana['heads'][-1]], rtol=1e-9)
+    # The backbones differ only by mmseg's final norm of the cls token.
+    assert mm_lib['backbone'] - lib['backbone'] == pytest.approx(5 * 48)
+    if kind == 'segmenter':  # same decode head computation
+        assert mm_lib['final_head'] == pytest.approx(lib['final_head'], rel=1e-9)
+    else:  # conv_seg on tokens + upsampled class maps instead of the other order
+        assert lib['final_head'] < mm_lib['final_head']
+
+
+@pytest.mark.parametrize('kind', list(CFGS))
+def test_pruned_forward_counts_match_the_cost_model(kind):
+    """Trace a pruned forward (batch 1, exits forced): the counter sees the smaller
+    token sets (cls token always active) and agrees with model_flops."""
+    model = MODELS.build(dict(CFGS[kind](), prune_threshold=0.5)).eval()
+    S = model.backbone.num_stages
+    keep = {0: 13, 1: 9, 2: 4}
+
+    def select(self, stage, scores, segments, threshold):
+        exits = torch.zeros(scores.shape[0], dtype=torch.bool)
+        exits[keep[stage]:] = True
+        return exits
+
+    model.select_stage_exits = types.MethodType(select, model)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        counts = model.run_stages(x).active_counts
+    want = [16] + [keep[s] for s in range(S - 1)]
+    assert counts.tolist() == [want]
+    with _HeadScopes(model.stage_heads):
+        total, by_module, _ = _run_analyzer(_DenseTrace.build(model), x, 'mmengine')
+    cost = model_flops(DToPCostDims.from_model(model), counts)
+    assert total == pytest.approx(cost['backbone_all_heads'][0], rel=1e-9)
+    assert by_module['model.decode_head'] == pytest.approx(cost['heads'][0, -1], rel=1e-9)
+    # the metric's summary of such records
+    rec = dict(token_counts=counts.numpy(), grid_tokens=16, crop_shape=(64, 64),
+               heads_run=(True, ) * S)
+    summary = flops_summary([rec], DToPCostDims.from_model(model))
+    assert summary['GFLOPs_crop'] == pytest.approx(total / 1e9, rel=1e-9)
+    assert summary['GFLOPs_reduction_pct'] > 0
+
+
+def test_head_dims_round_trip_and_kinds():
+    dims = DToPCostDims.from_config(CFGS['setr']())
+    assert DToPCostDims.from_dict(dims.to_dict()) == dims
+    assert dims.heads[0] == HeadDims(48, 24, 7, 1, None, 'setr_up', 4, True)
+    seg = DToPCostDims.from_config(CFGS['segmenter']())
+    assert seg.heads[-1] == HeadDims(48, 48, 7, 2, 192, 'segmenter_mask')
+    with pytest.raises(ValueError, match='kind'):
+        HeadDims(8, 8, 2, kind='fcn')
+
+
+def test_vit_b_ade_gflops():
+    """The ViT-B/16 ADE20K 512 configs: ours (analytic, verified against the counter
+    above) next to mmseg's dense model of the same config."""
+    out = {}
+    for kind, path in (('setr', 'configs/setr/setr-naive_vit-b16_4xb4-160k_ade20k-512x512.py'),
+                       ('segmenter', 'configs/segmenter/'
+                                     'segmenter-mask_vit-b16_4xb4-160k_ade20k-512x512.py')):
+        dims = DToPCostDims.from_config(Config.fromfile(osp.join(ROOT, path)).model)
+        ours, mm = dense_flops(dims), mmseg_dense_flops(dims)
+        out[kind] = (ours['backbone_final_head'] / 1e9, mm['backbone_final_head'] / 1e9)
+        assert mm['backbone'] - ours['backbone'] == pytest.approx(5 * 768)
+    # SETR: mmseg's head runs conv_seg on 128x128 upsampled pixels (150 x 256 MACs
+    # each) after upsampling 256 channels; ours on the 32x32 tokens, upsampling 150.
+    setr_gap = (128 * 128 - 32 * 32) * 256 * 150 + 4 * 128 * 128 * (256 - 150)
+    assert (out['setr'][1] - out['setr'][0]) * 1e9 == pytest.approx(setr_gap + 5 * 768)
+    assert out['segmenter'][1] * 1e9 - out['segmenter'][0] * 1e9 == pytest.approx(5 * 768)
+    print(out)
