@@ -115,11 +115,8 @@ def test_cost_model_matches_library_counter_on_a_pruned_forward():
                                              img_size=(64, 64), prune_threshold=0.5)).eval()
     keep = {0: 11, 1: 5}
 
-    def select(self, stage, cls_logits, mask_logits, valid, threshold):
-        n = mask_logits.shape[-1]
-        exits = torch.zeros(mask_logits.shape[0], n, dtype=torch.bool)
-        exits[:, keep[stage]:] = True
-        return exits
+    def select(self, stage, scores, segments, threshold):
+        return segments.slot >= keep[stage]
 
     import types
     model.select_stage_exits = types.MethodType(select, model)

@@ -3,6 +3,7 @@ import torch
 
 import dtop  # noqa: F401
 from dtop.models.decode_heads import ATMPruneHead
+from dtop.models.packing import Segments
 
 
 def make_head(seed=0):
@@ -26,18 +27,37 @@ def test_official_key_layout():
     assert make_head().q.weight.shape == (5, 16)
 
 
-def test_padding_slots_do_not_change_real_tokens():
+def test_packed_images_equal_images_alone():
+    """A packed ragged batch (incl. an image without tokens) == each image alone."""
     head = make_head(1)
-    tokens = torch.randn(2, 11, 24)
-    valid = torch.ones(2, 11, dtype=torch.bool)
-    valid[1, 7:] = False
+    lengths = [11, 7, 0, 3]
+    tokens = torch.randn(sum(lengths), 24)
+    segs = Segments.from_lengths(lengths, 'cpu')
     with torch.no_grad():
-        cls, mask = head(tokens, valid)
-        cls_alone, mask_alone = head(tokens[1:, :7])
-        cls_full, mask_full = head(tokens[:1])
-    torch.testing.assert_close(cls[1], cls_alone[0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(mask[1, :, :7], mask_alone[0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(mask[0], mask_full[0], rtol=1e-5, atol=1e-6)
+        out = head.forward_tokens(tokens, segs)
+        assert out.token_values.shape == (21, 5) and out.image_values.shape == (4, 5, 2)
+        for b, (t, m) in enumerate(zip(segs.split(tokens), segs.split(out.token_values))):
+            alone = head.forward_tokens(t, Segments.from_lengths([len(t)], 'cpu'))
+            torch.testing.assert_close(out.image_values[b], alone.image_values[0],
+                                       rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(m, alone.token_values, rtol=1e-5, atol=1e-6)
+    # An image without active tokens: its queries get no cross-attention update,
+    # and everything stays finite.
+    assert torch.isfinite(out.image_values).all()
+
+
+def test_token_probs_and_canvas_values_follow_the_score():
+    head = make_head(4)
+    segs = Segments.from_lengths([6, 4], 'cpu')
+    with torch.no_grad():
+        out = head.forward_tokens(torch.randn(10, 24), segs)
+        probs = head.token_probs(out, segs)
+        cls = out.image_values.softmax(-1)[..., 0]  # (B, Q)
+        expect = cls[segs.batch_index] * out.token_values.sigmoid()
+        torch.testing.assert_close(probs, expect)
+        assert torch.equal(head.canvas_values(out, segs, 'atm'), out.token_values)
+        logp = head.canvas_values(out, segs, 'log_probs')
+        torch.testing.assert_close(logp.exp(), probs / probs.sum(-1, keepdim=True))
 
 
 def test_mask_logits_are_head_mean_of_scaled_logits():
@@ -45,7 +65,8 @@ def test_mask_logits_are_head_mean_of_scaled_logits():
     layer = head.decoder.layers[-1].multihead_attn
     q = torch.randn(1, 5, 16)
     t = torch.randn(1, 6, 16)
-    _, logits = layer(q, t)
+    _, logits = layer(q, t[0], Segments.from_lengths([6], 'cpu'))
+    logits = logits.t()[None]
     qh = layer.q(q).view(1, 5, 4, 4).transpose(1, 2)
     kh = layer.k(t).view(1, 6, 4, 4).transpose(1, 2)
     expect = (qh @ kh.transpose(-1, -2) * 4 ** -0.5).mean(1)

@@ -6,6 +6,7 @@ from mmseg.registry import MODELS
 
 import dtop  # noqa: F401
 from dtop.models.backbones import DToPVisionTransformer
+from dtop.models.packing import Segments
 
 VIT_B = dict(embed_dims=768, num_layers=12, num_heads=12, out_indices=[5, 7, 11],
              drop_path_rate=0.1)
@@ -76,18 +77,59 @@ def test_pretrained_pos_embed_is_resized(tmp_path):
     torch.testing.assert_close(ours.layers[0].ln1.weight, src.layers[0].ln1.weight)
 
 
-def test_masked_layers_equal_unpadded():
+@pytest.mark.parametrize('backend', ['auto', 'loop', 'padded'])
+def test_packed_layers_equal_mmseg_layers_per_image(backend):
+    """Packed ragged images (one empty) == mmseg's own layers on each image alone."""
     torch.manual_seed(2)
-    bb = DToPVisionTransformer(**tiny())
+    bb = DToPVisionTransformer(**tiny(), attention_backend=backend)
     bb.eval()
-    x = torch.randn(2, 9, 32)
-    valid = torch.tensor([[True] * 9, [True] * 5 + [False] * 4])
+    lengths = [9, 5, 0, 7]
+    x = torch.randn(sum(lengths), 32)
+    segs = Segments.from_lengths(lengths, 'cpu')
     with torch.no_grad():
-        padded = bb.forward_layers(x, 0, 4, valid)
-        alone = bb.forward_layers(x[1:, :5], 0, 4)
-        full = bb.forward_layers(x[:1], 0, 4)
-    torch.testing.assert_close(padded[1, :5], alone[0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(padded[0], full[0], rtol=1e-5, atol=1e-6)
+        packed = bb.forward_layers_packed(x, segs, 0, 4)
+        for xb, pb in zip(segs.split(x), segs.split(packed)):
+            if len(xb) == 0:
+                assert len(pb) == 0
+                continue
+            ref = xb[None]
+            for layer in bb.layers:
+                ref = layer(ref)  # mmcv MultiheadAttention + FFN
+            torch.testing.assert_close(pb, ref[0], rtol=1e-5, atol=1e-5)
+
+
+def test_cls_token_and_final_norm_match_mmseg_vit():
+    """with_cls_token + final_norm (Segmenter/SETR): same features as mmseg's ViT."""
+    torch.manual_seed(3)
+    cfg = dict(tiny(), with_cls_token=True, final_norm=True)
+    ref = VisionTransformer(**cfg)
+    ref.init_weights()
+    ref.eval()
+    ours = DToPVisionTransformer(**cfg)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    ours.eval()
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        for a, b in zip(ours(x), ref(x)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(4)
+    plain = DToPVisionTransformer(**tiny(), drop_path_rate=0.0)
+    plain.train()
+    ckpt = DToPVisionTransformer(**tiny(), drop_path_rate=0.0, with_cp=True)
+    ckpt.load_state_dict(plain.state_dict())
+    ckpt.train()
+    assert all(layer.with_cp for layer in ckpt.layers)
+    x = torch.randn(2, 3, 64, 48)
+    grads = []
+    for model in (plain, ckpt):
+        model.zero_grad()
+        sum((f * f).sum() for f in model(x)).backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-5, atol=1e-6)
 
 
 def test_stage_ranges_and_bad_out_indices():
@@ -95,8 +137,8 @@ def test_stage_ranges_and_bad_out_indices():
     assert bb.stage_ranges == [(0, 1), (1, 3), (3, 4)]
     with pytest.raises(ValueError, match='out_indices'):
         DToPVisionTransformer(**tiny(out_indices=[1, 2]))
-    with pytest.raises(ValueError, match='with_cls_token'):
-        DToPVisionTransformer(**dict(tiny(), with_cls_token=True))
+    with pytest.raises(ValueError, match='output_cls_token'):
+        DToPVisionTransformer(**dict(tiny(), with_cls_token=True, output_cls_token=True))
 
 
 def test_patch_bias_on_by_default_as_in_official_checkpoints():

@@ -94,10 +94,11 @@ def test_batch_equals_images_one_by_one(k):
     for i, single in enumerate(singles):
         assert torch.equal(counts[i], single.active_counts[0])
         assert torch.equal(batched.exit_stage[i], single.exit_stage[0])
-        for (cb, mb), (cs, ms) in zip(batched.head_outputs, single.head_outputs):
+        for (ob, cb), (os_, cs) in zip(batched.head_outputs, single.head_outputs):
+            torch.testing.assert_close(ob.image_values[i], os_.image_values[0],
+                                       rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(cb[i], cs[0], rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(mb[i], ms[0], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(batched.final_probs()[i], single.final_probs()[0],
+        torch.testing.assert_close(batched.final_map[i], single.final_map[0],
                                    rtol=1e-5, atol=1e-6)
 
 
@@ -137,7 +138,7 @@ def test_fast_path_equals_per_image_reference(p0):
         for i in range(3):
             ref, counts = reference_forward(model, x[i:i + 1])
             assert fast.active_counts[i].tolist() == counts
-            torch.testing.assert_close(fast.final_probs()[i:i + 1], ref, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(fast.final_map[i:i + 1], ref, rtol=1e-5, atol=1e-6)
     assert (fast.active_counts[:, -1] < 30).all(), 'pruning did not happen'
 
 
@@ -246,7 +247,7 @@ def test_skipping_idle_aux_heads_changes_nothing(p0):
     assert skipped.heads_run == expect
     assert full.heads_run == (True, True, True)
     assert torch.equal(skipped.active_counts, full.active_counts)
-    torch.testing.assert_close(skipped.final_probs(), full.final_probs(), rtol=0, atol=0)
+    torch.testing.assert_close(skipped.final_map, full.final_map, rtol=0, atol=0)
 
 
 def test_slide_exit_map_takes_the_latest_stage_over_overlapping_crops():
@@ -285,3 +286,98 @@ def test_extract_feat_keeps_exited_tokens_and_matches_single_images():
             single = model.run_stages(x[i:i + 1], with_features=True)
             for a, b in zip(out.features, single.features):
                 torch.testing.assert_close(a[i:i + 1], b, rtol=1e-5, atol=1e-5)
+
+
+def per_image_rule(self, stage, scores, segments, threshold):
+    """A decision that depends on each image alone: images listed in
+    ``self._exit_all`` lose every token at stage 0 (empty afterwards), the others
+    their more confident half at every stage."""
+    conf = scores.amax(1)
+    exits = torch.zeros_like(conf, dtype=torch.bool)
+    bounds = segments.cu_seqlens.tolist()
+    for b, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        if hi == lo:
+            continue
+        if stage == 0 and b in self._exit_all:
+            exits[lo:hi] = True
+        else:
+            exits[lo:hi] = conf[lo:hi] > conf[lo:hi].median()
+    return exits
+
+
+def objective(out, weights):
+    total = (out.final_map * weights[0]).sum()
+    for (head_out, canvas), w in zip(out.head_outputs, weights[1:]):
+        total = total + (canvas * w).sum() + head_out.image_values.sum()
+    return total
+
+
+@pytest.mark.parametrize('backend', ['loop', 'padded', 'auto'])
+def test_packed_ragged_batch_equals_images_alone_with_gradients(backend):
+    """Ragged batch (very different counts, one image with no token left after
+    stage 0): outputs and parameter gradients equal the images run one by one."""
+    import types
+    model = build(seed=9, prune_threshold=0.5).train()
+    for m in model.modules():  # train mode (autograd), but deterministic
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        elif isinstance(m, torch.nn.MultiheadAttention):
+            m.dropout = 0.0
+    model.backbone.attention_backend = backend
+    x = images(3, seed=9)
+
+    model.select_stage_exits = types.MethodType(per_image_rule, model)
+    g = torch.Generator().manual_seed(9)
+    weights = [torch.randn(3, NUM_CLASSES, 4, 4, generator=g) for _ in range(4)]
+    model._exit_all = {0}
+    batched = model.run_stages(x)
+    counts = batched.active_counts
+    assert counts[0].tolist() == [16, 0, 0], 'image 0 should have no token left'
+    assert counts[1, 1] < 16 and counts[1, 2] < counts[1, 1]
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(objective(batched, weights), params, allow_unused=True)
+    summed = [torch.zeros_like(p) for p in params]
+    for i in range(3):
+        model._exit_all = {0} if i == 0 else set()
+        single = model.run_stages(x[i:i + 1])
+        assert torch.equal(single.active_counts[0], counts[i])
+        torch.testing.assert_close(batched.final_map[i], single.final_map[0],
+                                   rtol=1e-5, atol=1e-6)
+        gi = torch.autograd.grad(objective(single, [w[i:i + 1] for w in weights]), params,
+                                 allow_unused=True)
+        for acc, gr in zip(summed, gi):
+            if gr is not None:
+                acc += gr
+    for p_grad, ref in zip(grads, summed):
+        if p_grad is None:
+            assert ref.abs().max() == 0
+        else:
+            # fp32 sums in another order: tolerance relative to the gradient's scale
+            scale = float(ref.abs().max().clamp_min(1.0))
+            torch.testing.assert_close(p_grad, ref, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_bf16_inference_matches_fp32_and_decides_in_fp32():
+    import types
+    model = build(seed=10, prune_threshold=0.5)
+    x = images(2, seed=10)
+    seen = []
+
+    def spy(self, stage, scores, segments, threshold):
+        seen.append(scores.dtype)
+        return type(self).select_stage_exits(self, stage, scores, segments, threshold)
+
+    model.select_stage_exits = types.MethodType(spy, model)
+    metas = [dict(ori_shape=(64, 64), img_shape=(64, 64))] * 2
+    with torch.no_grad():
+        ref, ref_stats = model.inference_with_stats(x, metas)
+        model.test_cfg.precision = 'bf16'
+        got, stats = model.inference_with_stats(x, metas)
+    assert seen and all(dt == torch.float32 for dt in seen)
+    assert got.dtype == torch.float32
+    agree = (got.argmax(1) == ref.argmax(1)).float().mean()
+    assert agree > 0.95, f'bf16 and fp32 predictions agree on only {agree:.2%}'
+    assert (got - ref).abs().max() < 0.1
+    with pytest.raises(ValueError, match='precision'):
+        MODELS.build(dict(tiny_dtop_model_cfg(num_classes=NUM_CLASSES),
+                          test_cfg=dict(mode='whole', precision='int8')))

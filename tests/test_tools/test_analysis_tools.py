@@ -146,8 +146,8 @@ def test_force_keep_ratio_counts_and_dense_references(tiny_setup):
         bench.force_keep_ratio(model, [0.5, 1.0])
         out = model.run_stages(x)
         from dtop.models.pruning.rule import token_scores
-        cls0, canvas0 = out.head_outputs[0]
-        conf = token_scores(cls0, canvas0.flatten(2)).amax(1)  # stage-0 scores
+        out0, canvas0 = out.head_outputs[0]
+        conf = token_scores(out0.image_values, canvas0.flatten(2)).amax(1)  # stage-0 scores
         exited = out.exit_stage.flatten(1) == 0
         for b in range(3):
             assert conf[b][exited[b]].min() >= conf[b][~exited[b]].max()

@@ -51,6 +51,8 @@ if ROOT not in sys.path:
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+VARIANTS = ('dense', 'dense+aux', 'p0=1', 'pruned')
+
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description='Dense vs pruned DToP inference speed')
@@ -75,7 +77,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--repeats', type=int, default=3, help='timed repeats (median)')
     p.add_argument('--warmup', type=int, default=1, help='untimed forwards per variant')
     p.add_argument('--variants', nargs='+', default=['dense', 'dense+aux', 'p0=1', 'pruned'],
-                   choices=['dense', 'dense+aux', 'p0=1', 'pruned'])
+                   help=f'among {VARIANTS}, each optionally suffixed @fp32/@bf16/@fp16 '
+                   '(e.g. "dense pruned pruned@bf16"); speedups are vs the first dense')
+    p.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default='fp32',
+                   help='autocast precision of variants without a suffix')
+    p.add_argument('--attention-backend', default=None,
+                   choices=['auto', 'dense', 'varlen', 'nested', 'loop', 'padded'],
+                   help='force the backbone attention backend (default: the config\'s)')
     p.add_argument('--batch-sizes', type=int, nargs='+', default=None,
                    help='explicit batch sizes (default: 1 and --batch-size)')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
@@ -119,23 +127,22 @@ def force_keep_ratio(model, keep_ratio: Sequence[float], exit_by: str = 'score',
     gen = torch.Generator().manual_seed(seed)
     from dtop.models.pruning.rule import token_scores
 
-    def select_stage_exits(self, stage, cls_logits, mask_logits, valid, threshold):
-        B, n = mask_logits.shape[0], mask_logits.shape[-1]
-        dev = mask_logits.device
+    def select_stage_exits(self, stage, scores, segments, threshold):
+        B = segments.batch_size
+        dev = scores.device
         if exit_by == 'score':
-            conf = token_scores(cls_logits, mask_logits).amax(dim=1)
+            conf = scores.amax(dim=1)
         else:
-            conf = torch.rand(B, n, generator=gen).to(dev)
-        n_active = valid.sum(1) if valid is not None else torch.full((B, ), n, device=dev)
+            conf = torch.rand(scores.shape[0], generator=gen).to(dev)
+        n_active = segments.counts
         r = torch.full((B, ), ratios[stage])
         if jitter > 0:
             r = (r + (torch.rand(B, generator=gen) * 2 - 1) * jitter).clamp(0, 1)
         n_exit = n_active - torch.round(r.to(dev) * n_active).long()
-        if valid is not None:
-            conf = conf.masked_fill(~valid, float('-inf'))
-        rank = conf.argsort(dim=1, descending=True).argsort(dim=1)
-        exits = rank < n_exit[:, None]
-        return exits if valid is None else exits & valid
+        # rank of each token within its image, most confident first
+        padded = segments.pad(conf, value=float('-inf'))
+        rank = segments.unpad(padded.argsort(dim=1, descending=True).argsort(dim=1))
+        return rank < n_exit[segments.batch_index]
 
     model.select_stage_exits = types.MethodType(select_stage_exits, model)
     model.prune_threshold = [0.5] * num_aux  # any non-None value: the hook decides
@@ -149,7 +156,7 @@ def dense_forward(model, inputs: Tensor, all_heads: bool = False) -> Tensor:
     """Backbone + final head on every token (optionally also the auxiliary heads).
 
     Same modules, kernels and output as ``model.encode_decode`` with pruning off,
-    without the stage loop's bookkeeping.
+    without the stage loop's bookkeeping (no canvas, no re-packing).
 
     Args:
         model (DToPEncoderDecoder): the model.
@@ -157,25 +164,50 @@ def dense_forward(model, inputs: Tensor, all_heads: bool = False) -> Tensor:
         all_heads (bool): also run the auxiliary heads (outputs discarded).
 
     Returns:
-        Tensor: ``(B, Q, H, W)`` class probabilities.
+        Tensor: ``(B, Q, H, W)`` final map.
     """
-    from dtop.models.pruning.rule import class_presence
-    from dtop.models.utils import grid_to_pixels
     bb = model.backbone
-    x, (h, w) = bb.embed(inputs)
+    x, pos, segs, (h, w) = bb.embed_packed(inputs)
     heads = model.stage_heads
     ranges = bb.stage_ranges
     if not all_heads:
-        x = bb.forward_layers(x, ranges[0][0], ranges[-1][1])
+        x = bb.forward_layers_packed(x, segs, ranges[0][0], ranges[-1][1])
     else:
-        for s, (start, end) in enumerate(ranges):
-            x = bb.forward_layers(x, start, end)
-            if s < len(ranges) - 1:
-                heads[s](x)
-    cls_logits, mask_logits = heads[-1](x)
-    probs = class_presence(cls_logits)[..., None] * mask_logits.sigmoid()
-    probs = probs.reshape(probs.shape[0], probs.shape[1], h, w)
-    return grid_to_pixels(probs, inputs.shape[-2:], bb.patch_size, model.align_corners)
+        for s, (start, end) in enumerate(ranges[:-1]):
+            x = bb.forward_layers_packed(x, segs, start, end)
+            heads[s].forward_tokens(*bb.head_tokens(x, pos, segs, False)[::2])
+        x = bb.forward_layers_packed(x, segs, ranges[-1][0], ranges[-1][1])
+    tokens, _, tsegs = bb.head_tokens(x, pos, segs, True)
+    head = heads[-1]
+    out = head.forward_tokens(tokens, tsegs)
+    B = inputs.shape[0]
+    canvas = head.canvas_values(out, tsegs, head.canvas_space).float()
+    canvas = canvas.view(B, h, w, -1).permute(0, 3, 1, 2)
+    return head.to_pixels(head.final_map(out, canvas), inputs.shape[-2:], bb.patch_size)
+
+
+def attention_padding_flops(dims, counts, backend_for, num_prefix_tokens: int = 0) -> float:
+    """Extra FLOPs of the backbone's attention products in one batch when a padded
+    kernel runs them: ``2 D (max n^2 - n^2)`` per layer and image. The per-image
+    loop and the variable-length kernels compute exactly the ideal products.
+
+    Args:
+        dims (DToPCostDims): model dims.
+        counts: ``(B, S)`` active patch tokens of the batch's images per stage.
+        backend_for (callable): ``lengths -> backend name`` (the model's choice).
+        num_prefix_tokens (int): cls tokens per image (never pruned).
+
+    Returns:
+        float: extra FLOPs of the whole batch.
+    """
+    import numpy as np
+    counts = np.asarray(counts, dtype=np.float64)
+    extra = 0.0
+    for s, layers in enumerate(dims.stage_layers):
+        n = counts[:, s] + num_prefix_tokens
+        if backend_for([int(v) for v in n]) == 'padded':
+            extra += layers * 2 * dims.embed_dims * float((n.max() ** 2 - n ** 2).sum())
+    return extra
 
 
 # ---------------------------------------------------------------- inputs
@@ -276,7 +308,8 @@ def run_benchmark(model, crops: Tensor, batch_sizes: Sequence[int],
                   variants: Sequence[str], repeats: int = 3, warmup: int = 1,
                   keep_ratio: Optional[Sequence[float]] = None, exit_by: str = 'score',
                   keep_jitter: float = 0.0, threshold: Optional[Sequence[float]] = None,
-                  seed: int = 0, progress: bool = True) -> List[dict]:
+                  seed: int = 0, progress: bool = True,
+                  precision: str = 'fp32') -> List[dict]:
     """Time the variants on ``crops`` at each batch size.
 
     Args:
@@ -284,7 +317,10 @@ def run_benchmark(model, crops: Tensor, batch_sizes: Sequence[int],
         crops (Tensor): ``(num_crops, 3, h, w)`` preprocessed crops (one repeat
             runs all of them, ``batch_size`` at a time).
         batch_sizes (Sequence[int]): batch sizes to time.
-        variants (Sequence[str]): among ``dense``, ``dense+aux``, ``p0=1``, ``pruned``.
+        variants (Sequence[str]): among ``dense``, ``dense+aux``, ``p0=1``, ``pruned``,
+            each optionally suffixed ``@fp32``/``@bf16``/``@fp16`` (autocast
+            precision; default ``precision``). Speedups are relative to the first
+            ``dense`` variant.
         repeats (int): timed repeats (the median is reported).
         warmup (int): untimed forwards per variant and batch size.
         keep_ratio (Sequence[float], optional): force this keep ratio in ``pruned``
@@ -295,19 +331,33 @@ def run_benchmark(model, crops: Tensor, batch_sizes: Sequence[int],
             ``keep_ratio`` is given (default: the model's).
         seed (int): seed of the random exit choices.
         progress (bool): show an mmengine progress bar.
+        precision (str): default precision of variants without a suffix.
 
     Returns:
         list[dict]: one row per (batch size, variant) with ``latency_s`` (median
         per forward), ``crop_latency_s``, ``crops_per_s``, ``gflops`` (ideal, per
-        crop), ``gflops_executed`` (with batch padding), ``speedup``,
+        crop), ``gflops_executed`` (what the kernels execute: the packed
+        token-wise work is the ideal; a padded attention kernel adds its
+        padding), ``speedup``,
         ``gflops_reduction`` and ``realization`` (vs ``dense``), the mean
         ``keep_frac`` per stage, and all repeat times.
     """
     import numpy as np
     from mmengine.utils import ProgressBar
 
+    from contextlib import nullcontext
+
     from dtop.evaluation.flops import DToPCostDims, dense_flops, model_flops
+    from dtop.models.packing import Segments, select_attention_backend
+    from dtop.models.segmentors.dtop_encoder_decoder import PRECISIONS
     variants = list(variants)
+    for v in variants:
+        name, _, prec = v.partition('@')
+        if name not in VARIANTS or (prec and prec not in PRECISIONS):
+            raise ValueError(f'unknown variant {v!r}: use one of {VARIANTS}, optionally '
+                             f'with @{"/@".join(PRECISIONS)}')
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision must be one of {sorted(PRECISIONS)}, got {precision!r}')
     dims = DToPCostDims.from_model(model)
     device = str(crops.device)
     crop_shape = tuple(crops.shape[-2:])
@@ -316,7 +366,22 @@ def run_benchmark(model, crops: Tensor, batch_sizes: Sequence[int],
     dense_ref = dense_flops(dims, crop_shape)
     saved = (model.prune_threshold, model.__dict__.get('select_stage_exits'))
 
+    def split(variant):
+        name, _, prec = variant.partition('@')
+        return name, prec or precision
+
+    bb = model.backbone
+    prefix = getattr(bb, 'num_prefix_tokens', 0)
+
+    def backend_for(dtype):
+        def pick(lengths):
+            return select_attention_backend(crops.device.type, dtype,
+                                            Segments.from_lengths(lengths, 'cpu'),
+                                            getattr(bb, 'attention_backend', 'auto'))
+        return pick
+
     def configure(variant):
+        variant = split(variant)[0]
         model.prune_threshold = list(saved[0])
         model.__dict__.pop('select_stage_exits', None)
         if variant == 'p0=1':
@@ -329,11 +394,15 @@ def run_benchmark(model, crops: Tensor, batch_sizes: Sequence[int],
                     threshold if len(threshold) > 1 else threshold[0], S)
 
     def forward(variant, x):
-        if variant == 'dense':
-            return dense_forward(model, x), None
-        if variant == 'dense+aux':
-            return dense_forward(model, x, all_heads=True), None
-        probs, out = model._encode_decode_with_stats(x)
+        name, prec = split(variant)
+        dtype = PRECISIONS[prec]
+        ctx = torch.autocast(x.device.type, dtype=dtype) if dtype else nullcontext()
+        with ctx:
+            if name == 'dense':
+                return dense_forward(model, x), None
+            if name == 'dense+aux':
+                return dense_forward(model, x, all_heads=True), None
+            probs, out = model._encode_decode_with_stats(x)
         heads_run[variant] = out.heads_run  # idle aux heads are skipped (p0 = 1)
         return probs, out.active_counts
 
@@ -358,7 +427,7 @@ def run_benchmark(model, crops: Tensor, batch_sizes: Sequence[int],
                 for r in range(repeats):
                     for v in variants[r % len(variants):] + variants[:r % len(variants)]:
                         configure(v)
-                        if v == 'pruned' and keep_ratio is not None:
+                        if split(v)[0] == 'pruned' and keep_ratio is not None:
                             force_keep_ratio(model, keep_ratio, exit_by, keep_jitter,
                                              seed)  # same random choices every repeat
                         _sync(device)
@@ -381,19 +450,19 @@ def run_benchmark(model, crops: Tensor, batch_sizes: Sequence[int],
                     hr = heads_run.get(v) or None
                     ideal = model_flops(dims, c, crop_shape, N,
                                         heads_run=hr)['backbone_all_heads']
-                    padded = np.concatenate([
-                        np.repeat(cb.cpu().numpy().max(0, keepdims=True), len(cb), 0)
-                        for cb in counts[v]]).astype(np.float64)
-                    executed = model_flops(dims, padded, crop_shape, N,
-                                           heads_run=hr)['backbone_all_heads']
+                    pick = backend_for(PRECISIONS[split(v)[1]] or torch.float32)
+                    pad_extra = sum(attention_padding_flops(dims, cb.cpu().numpy(), pick,
+                                                            prefix) for cb in counts[v])
+                    executed = ideal + pad_extra / len(c)
                     keep = (c / N).mean(0).tolist()
-                elif v == 'dense':
+                elif split(v)[0] == 'dense':
                     ideal = executed = np.array([dense_ref['backbone_final_head']])
                     keep = [1.0] * S
                 else:
                     ideal = executed = np.array([dense_ref['backbone_all_heads']])
                     keep = [1.0] * S
-                rows.append(dict(batch_size=bs, variant=v, latency_s=med / len(batches),
+                rows.append(dict(batch_size=bs, variant=v, precision=split(v)[1],
+                                 latency_s=med / len(batches),
                                  crop_latency_s=med / len(crops),
                                  crops_per_s=len(crops) / med,
                                  gflops=float(ideal.mean() / 1e9),
@@ -401,8 +470,8 @@ def run_benchmark(model, crops: Tensor, batch_sizes: Sequence[int],
                                  cpu_crop_s=statistics.median(cpu_times[v]) / len(crops),
                                  keep_frac=keep, times_s=times[v], cpu_times_s=cpu_times[v],
                                  num_crops=len(crops), crop_shape=list(crop_shape)))
-            ref = next((r for r in rows if r['batch_size'] == bs and r['variant'] == 'dense'),
-                       None)
+            ref = next((r for r in rows if r['batch_size'] == bs
+                        and split(r['variant'])[0] == 'dense'), None)
             for row in rows:
                 if row['batch_size'] == bs and ref is not None:
                     row['speedup'] = ref['crop_latency_s'] / row['crop_latency_s']
@@ -421,14 +490,14 @@ def run_benchmark(model, crops: Tensor, batch_sizes: Sequence[int],
 
 
 def format_rows(rows: List[dict]) -> str:
-    head = (f"{'batch':>5} {'variant':<10} {'ms/forward':>11} {'ms/crop':>9} {'crops/s':>8} "
+    head = (f"{'batch':>5} {'variant':<14} {'ms/forward':>11} {'ms/crop':>9} {'crops/s':>8} "
             f"{'GFLOPs':>8} {'exec GF':>8} {'keep s1,s2..':>13} {'speedup':>8} "
             f"{'FLOP red.':>9} {'realiz.':>8} {'(cpu t)':>8}")
     lines = [head, '-' * len(head)]
     for r in rows:
         keep = ','.join(f'{k:.2f}' for k in r['keep_frac'][1:])
         lines.append(
-            f"{r['batch_size']:>5} {r['variant']:<10} {1e3 * r['latency_s']:>11.1f} "
+            f"{r['batch_size']:>5} {r['variant']:<14} {1e3 * r['latency_s']:>11.1f} "
             f"{1e3 * r['crop_latency_s']:>9.1f} {r['crops_per_s']:>8.3f} {r['gflops']:>8.4g} "
             f"{r['gflops_executed']:>8.4g} {keep:>13} {r.get('speedup', float('nan')):>8.3f} "
             f"{r.get('gflops_reduction', float('nan')):>9.3f} "
@@ -448,10 +517,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     num_crops = args.num_crops or max(batch_sizes)
     if num_crops % max(batch_sizes):
         raise SystemExit('--num-crops must be a multiple of the batch sizes')
+    if args.attention_backend:
+        model.backbone.attention_backend = args.attention_backend
     crops = real_crops(cfg, model, num_crops, args.device)
     rows = run_benchmark(model, crops, batch_sizes, args.variants, args.repeats,
                          args.warmup, args.keep_ratio, args.exit_by, args.keep_jitter,
-                         args.threshold, args.seed)
+                         args.threshold, args.seed, precision=args.precision)
     device = (torch.cuda.get_device_name(args.device) if args.device.startswith('cuda')
               else f'CPU, {torch.get_num_threads()} threads')
     print(f'config: {args.config}  checkpoint: {args.checkpoint or "random init"}')

@@ -1,95 +1,108 @@
 """Plain ViT that runs stage by stage over the active tokens only.
 
 The parameters are exactly those of mmseg's :class:`VisionTransformer` (this class
-subclasses it), so mmseg/Segmenter ViT checkpoints load unchanged. What is new is
-the execution: :meth:`embed` builds the token sequence and :meth:`forward_layers`
-runs layers ``[start, end)`` on a *padded* batch of per-image active tokens, with a
-key-padding mask through :func:`torch.nn.functional.scaled_dot_product_attention`.
-Every image's real tokens attend only to each other, exactly as if that image ran
-alone, and the cost follows the number of active tokens.
+subclasses it), so mmseg/Segmenter/SETR ViT checkpoints load unchanged. What is new
+is the execution: :meth:`embed_packed` builds the token sequence of every image and
+:meth:`forward_layers_packed` runs layers ``[start, end)`` on the *packed* active
+tokens of the whole batch (``(T, C)``, ``T = sum_b n_b``, see
+:mod:`dtop.models.packing`): token-wise work costs the sum of active tokens, and
+attention runs within each image (variable-length kernels on CUDA).
+
+A cls token (``with_cls_token=True``, as Segmenter and SETR use) is part of every
+image's sequence, attends and is attended to in every layer, and is never pruned;
+heads read the patch tokens only (:meth:`head_tokens`), with ``final_norm`` applied
+to the tokens the final head reads, exactly where mmseg's dense ViT applies it.
 """
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint as cp
 from mmseg.models.backbones.vit import TransformerEncoderLayer, VisionTransformer
 from mmseg.registry import MODELS
 from torch import Tensor
 
+from ..packing import Segments, drop_path_packed, packed_attention
 
-def attention_mask_from_valid(valid: Optional[Tensor]) -> Optional[Tensor]:
-    """Key-padding mask in the form SDPA takes.
-
-    Args:
-        valid (Tensor, optional): ``(B, n)`` bool, True for real tokens.
-
-    Returns:
-        Tensor or None: ``(B, 1, 1, n)`` bool (True = may be attended), or
-        ``None`` when every slot is real (the unmasked fused kernel then runs).
-    """
-    if valid is None or bool(valid.all()):
-        return None
-    return valid[:, None, None, :]
+CLS_POS = -1  # grid index given to the cls token in packed position vectors
 
 
-def encoder_layer_forward(layer: TransformerEncoderLayer, x: Tensor,
-                          attn_mask: Optional[Tensor] = None) -> Tensor:
-    """One mmseg ViT encoder layer with fused, optionally masked attention.
+def _residual_dropout(module: nn.Module, x: Tensor, training: bool,
+                      segments: Segments) -> Tensor:
+    """Apply an mmcv ``dropout_layer`` (DropPath or Dropout) to a packed branch."""
+    if isinstance(module, nn.Identity):
+        return x
+    if hasattr(module, 'drop_prob'):  # DropPath: one draw per image
+        return drop_path_packed(x, float(module.drop_prob), training, segments)
+    return module(x)  # element-wise dropout is token-wise already
 
-    Numerically the same as ``layer(x)`` (mmcv ``MultiheadAttention`` + ``FFN``)
-    when ``attn_mask`` is None; with a mask, padding keys are excluded.
+
+def packed_layer_forward(layer: TransformerEncoderLayer, x: Tensor, segments: Segments,
+                         attention_backend: str = 'auto') -> Tensor:
+    """One mmseg ViT encoder layer on packed tokens.
+
+    Numerically the same as ``layer(x_b)`` for each image ``b`` alone (mmcv
+    ``MultiheadAttention`` + ``FFN``), with fused attention within each image.
 
     Args:
         layer (TransformerEncoderLayer): mmseg's layer (its parameters are used).
-        x (Tensor): ``(B, n, C)`` tokens.
-        attn_mask (Tensor, optional): ``(B, 1, 1, n)`` bool key mask.
+        x (Tensor): ``(T, C)`` packed tokens.
+        segments (Segments): image boundaries.
+        attention_backend (str): see :func:`dtop.models.packing.packed_attention`.
 
     Returns:
-        Tensor: ``(B, n, C)``.
+        Tensor: ``(T, C)``.
     """
     mha = layer.attn.attn  # nn.MultiheadAttention holding the parameters
-    B, n, C = x.shape
+    T, C = x.shape
     heads = mha.num_heads
-    h = layer.ln1(x)
-    qkv = F.linear(h, mha.in_proj_weight, mha.in_proj_bias)
-    q, k, v = qkv.view(B, n, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
-    out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=attn_mask,
-        dropout_p=mha.dropout if layer.training else 0.0)
-    out = out.transpose(1, 2).reshape(B, n, C)
-    out = F.linear(out, mha.out_proj.weight, mha.out_proj.bias)
-    x = x + layer.attn.dropout_layer(layer.attn.proj_drop(out))
-    return layer.ffn(layer.ln2(x), identity=x)
+    training = layer.training
+    qkv = F.linear(layer.ln1(x), mha.in_proj_weight, mha.in_proj_bias)
+    q, k, v = qkv.view(T, 3, heads, C // heads).unbind(1)
+    out = packed_attention(q, k, v, segments,
+                           dropout_p=mha.dropout if training else 0.0,
+                           backend=attention_backend)
+    out = F.linear(out.reshape(T, C), mha.out_proj.weight, mha.out_proj.bias)
+    x = x + _residual_dropout(layer.attn.dropout_layer, layer.attn.proj_drop(out),
+                              training, segments)
+    ffn = layer.ffn
+    out = ffn.layers(layer.ln2(x))
+    out = getattr(ffn, 'gamma2', nn.Identity())(out)
+    return x + _residual_dropout(ffn.dropout_layer, out, training, segments)
 
 
 @MODELS.register_module()
 class DToPVisionTransformer(VisionTransformer):
-    """mmseg ``VisionTransformer`` with stage-wise execution over active tokens.
+    """mmseg ``VisionTransformer`` with stage-wise execution over packed active tokens.
 
     Args:
         out_indices (Sequence[int]): 0-based layer indices that close a stage;
             a head runs after each (e.g. ``[5, 7, 11]`` for ViT-B).
-        with_cls_token (bool): must be False (DToP drops the cls token before
-            layer 0; its position-embedding slot is kept for checkpoint layout).
+        with_cls_token (bool): keep the cls token in the sequence (Segmenter,
+            SETR). It is never pruned. DToP's SegViT configs drop it (False).
         patch_bias (bool): bias in the patch-embedding conv. Default True (mmseg's
             default is False): the Segmenter ImageNet checkpoints and the official
             DToP checkpoints carry ``patch_embed.projection.bias``.
-        **kwargs: everything else of mmseg's ``VisionTransformer``.
+        final_norm (bool): LayerNorm after the last layer (Segmenter); applied to
+            the tokens the final head reads.
+        attention_backend (str): ``'auto'`` (default) or a fixed backend of
+            :func:`dtop.models.packing.packed_attention`.
+        **kwargs: everything else of mmseg's ``VisionTransformer`` (``with_cp``
+            turns on gradient checkpointing of every layer in training).
     """
 
     def __init__(self,
                  out_indices: Sequence[int] = (5, 7, 11),
                  with_cls_token: bool = False,
                  patch_bias: bool = True,
+                 attention_backend: str = 'auto',
                  **kwargs) -> None:
-        if with_cls_token or kwargs.get('output_cls_token', False):
-            raise ValueError('DToPVisionTransformer needs with_cls_token=False and '
-                             'output_cls_token=False: DToP prunes patch tokens only.')
-        if kwargs.get('final_norm', False) or kwargs.get('out_origin', False):
-            raise ValueError('DToPVisionTransformer supports final_norm=False and '
-                             'out_origin=False only (as every DToP config).')
+        if kwargs.get('output_cls_token', False) or kwargs.get('out_origin', False):
+            raise ValueError('DToPVisionTransformer supports output_cls_token=False and '
+                             'out_origin=False only (heads read the patch tokens).')
         out_indices = list(out_indices) if not isinstance(out_indices, int) else [out_indices]
-        super().__init__(out_indices=out_indices, with_cls_token=False,
+        super().__init__(out_indices=out_indices, with_cls_token=with_cls_token,
                          patch_bias=patch_bias, **kwargs)
         num_layers = len(self.layers)
         resolved = [i % num_layers for i in out_indices]
@@ -97,6 +110,7 @@ class DToPVisionTransformer(VisionTransformer):
             raise ValueError(f'out_indices must be strictly increasing and end at the '
                              f'last layer ({num_layers - 1}); got {out_indices}.')
         self.out_indices = resolved
+        self.attention_backend = attention_backend
 
     @property
     def stage_ranges(self) -> List[Tuple[int, int]]:
@@ -108,49 +122,104 @@ class DToPVisionTransformer(VisionTransformer):
     def num_stages(self) -> int:
         return len(self.out_indices)
 
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens per image that are not patches (the cls token, if kept)."""
+        return 1 if self.with_cls_token else 0
+
     def embed(self, inputs: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
-        """Patch embedding + position embedding; the cls token is dropped.
+        """Patch embedding + position embedding (+ pre-norm).
 
         Args:
             inputs (Tensor): ``(B, 3, H, W)`` images (any H, W; sides that are not
                 multiples of the patch size are corner-padded).
 
         Returns:
-            tuple: tokens ``(B, h*w, C)`` and the grid ``(h, w)``.
+            tuple: tokens ``(B, P + h*w, C)`` (``P`` = :attr:`num_prefix_tokens`,
+            the cls token first) and the grid ``(h, w)``.
         """
         if inputs.dim() != 4:
             raise ValueError(f'expected images of shape (B, C, H, W), got {tuple(inputs.shape)}')
         x, hw_shape = self.patch_embed(inputs)
         cls_tokens = self.cls_token.expand(x.shape[0], -1, -1)
         x = torch.cat((cls_tokens, x), dim=1)
-        x = self._pos_embeding(x, hw_shape, self.pos_embed)[:, 1:]
+        x = self._pos_embeding(x, hw_shape, self.pos_embed)
+        if not self.with_cls_token:
+            x = x[:, 1:]
         if self.pre_norm:
             x = self.pre_ln(x)
         return x, tuple(hw_shape)
 
-    def forward_layers(self, x: Tensor, start: int, end: int,
-                       valid: Optional[Tensor] = None) -> Tensor:
-        """Run layers ``[start, end)`` on a padded batch of active tokens.
-
-        Args:
-            x (Tensor): ``(B, n, C)`` active tokens (padding slots anywhere).
-            start (int): first layer index.
-            end (int): one past the last layer index.
-            valid (Tensor, optional): ``(B, n)`` bool, False for padding.
+    def embed_packed(self, inputs: Tensor) -> Tuple[Tensor, Tensor, Segments, Tuple[int, int]]:
+        """:meth:`embed`, packed.
 
         Returns:
-            Tensor: ``(B, n, C)``; padding slots hold unspecified values.
+            tuple: ``x`` ``(T, C)`` tokens, ``pos`` ``(T,)`` long grid index of each
+            token (:data:`CLS_POS` for the cls token), :class:`Segments` and the
+            grid ``(h, w)``.
         """
-        mask = attention_mask_from_valid(valid)
+        x, (h, w) = self.embed(inputs)
+        B, L, C = x.shape
+        P = self.num_prefix_tokens
+        pos = torch.arange(-P, h * w, device=x.device).clamp_min(CLS_POS)
+        return (x.reshape(B * L, C), pos.repeat(B), Segments.uniform(B, L, x.device),
+                (h, w))
+
+    def forward_layers_packed(self, x: Tensor, segments: Segments, start: int,
+                              end: int) -> Tensor:
+        """Run layers ``[start, end)`` on packed tokens.
+
+        Args:
+            x (Tensor): ``(T, C)`` packed active tokens.
+            segments (Segments): image boundaries.
+            start (int): first layer index.
+            end (int): one past the last layer index.
+
+        Returns:
+            Tensor: ``(T, C)``.
+        """
         for layer in self.layers[start:end]:
-            x = encoder_layer_forward(layer, x, mask)
+            if getattr(layer, 'with_cp', False) and self.training and x.requires_grad:
+                x = cp.checkpoint(packed_layer_forward, layer, x, segments,
+                                  self.attention_backend, use_reentrant=False)
+            else:
+                x = packed_layer_forward(layer, x, segments, self.attention_backend)
         return x
+
+    def head_tokens(self, x: Tensor, pos: Tensor, segments: Segments,
+                    final: bool) -> Tuple[Tensor, Tensor, Segments]:
+        """The patch tokens a stage head reads.
+
+        Drops the cls token and, for the final stage, applies ``final_norm``
+        (mmseg's ViT normalises after its last layer).
+
+        Args:
+            x (Tensor): ``(T, C)`` packed tokens after the stage's last layer.
+            pos (Tensor): ``(T,)`` grid index per token (``CLS_POS`` = cls).
+            segments (Segments): image boundaries of ``x``.
+            final (bool): whether the stage is the last one.
+
+        Returns:
+            tuple: patch tokens ``(T_p, C)``, their grid indices ``(T_p,)`` and
+            their :class:`Segments`.
+        """
+        if self.num_prefix_tokens:
+            keep = pos != CLS_POS
+            x, pos = x[keep], pos[keep]
+            segments = Segments.from_lengths(
+                [n - self.num_prefix_tokens for n in segments.lengths], x.device)
+        if final and self.final_norm:
+            x = self.ln1(x)
+        return x, pos, segments
 
     def forward(self, inputs: Tensor) -> Tuple[Tensor, ...]:
         """Dense forward, as mmseg's: features ``(B, C, h, w)`` at ``out_indices``."""
-        x, (h, w) = self.embed(inputs)
+        x, pos, segments, (h, w) = self.embed_packed(inputs)
+        B = inputs.shape[0]
         outs = []
-        for start, end in self.stage_ranges:
-            x = self.forward_layers(x, start, end)
-            outs.append(x.transpose(1, 2).reshape(x.shape[0], -1, h, w).contiguous())
+        for s, (start, end) in enumerate(self.stage_ranges):
+            x = self.forward_layers_packed(x, segments, start, end)
+            feats, _, _ = self.head_tokens(x, pos, segments, final=s == self.num_stages - 1)
+            outs.append(feats.view(B, h * w, -1).transpose(1, 2)
+                        .reshape(B, -1, h, w).contiguous())
         return tuple(outs)

@@ -5,8 +5,10 @@ checkpoint layout (``input_proj``, ``proj_norm``, ``decoder.layers.N.{self_attn,
 multihead_attn.{q,k,v,proj}, linear1, linear2, norm1..3}``, ``q``, ``class_embed``)
 so official checkpoints load unchanged.
 
-The head is stateless: :meth:`forward` takes a padded batch of active tokens and
-returns class logits and mask logits; the segmentor owns the canvas and pruning.
+The head is stateless and implements the stage-head contract
+(:mod:`dtop.models.decode_heads.stage_head`): :meth:`forward_tokens` takes the
+packed active tokens of a batch and returns per-token mask logits and per-image
+class logits; the segmentor owns the canvas and the pruning.
 """
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -20,8 +22,10 @@ from mmseg.registry import MODELS
 from mmseg.utils import SampleList
 from torch import Tensor
 
+from ..packing import Segments
 from ..pruning.rule import class_presence, token_scores
 from ..utils import grid_to_pixels
+from .stage_head import HeadOutput, StageHeadMixin
 
 
 class MaskCrossAttention(nn.Module):
@@ -46,30 +50,34 @@ class MaskCrossAttention(nn.Module):
         self.attn_drop = nn.Dropout(attn_drop)
 
     def forward(self, query: Tensor, tokens: Tensor,
-                valid: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+                segments: Segments) -> Tuple[Tensor, Tensor]:
         """Args:
             query (Tensor): ``(B, Q, d)``.
-            tokens (Tensor): ``(B, n, d)``.
-            valid (Tensor, optional): ``(B, n)`` bool, False for padding.
+            tokens (Tensor): ``(T, d)`` packed active tokens of the ``B`` images.
+            segments (Segments): image boundaries of ``tokens``.
 
         Returns:
-            tuple: output ``(B, Q, d)`` and mask logits ``(B, Q, n)`` (mean over
-            heads of the scaled pre-softmax logits).
+            tuple: output ``(B, Q, d)`` and packed mask logits ``(T, Q)`` (mean
+            over heads of the scaled pre-softmax logits). An image without active
+            tokens gets a zero attention output.
         """
         B, Q, d = query.shape
-        n = tokens.shape[1]
         h = self.num_heads
         q = self.q(query).view(B, Q, h, d // h).transpose(1, 2)
-        k = self.k(tokens).view(B, n, h, d // h).transpose(1, 2)
-        v = self.v(tokens).view(B, n, h, d // h).transpose(1, 2)
+        # Token-side projections run on the packed tokens; only the Q x n products
+        # need the per-image layout.
+        k = segments.pad(self.k(tokens).view(-1, h, d // h)).transpose(1, 2)
+        v = segments.pad(self.v(tokens).view(-1, h, d // h)).transpose(1, 2)
         logits = (q @ k.transpose(-2, -1)) * self.scale  # (B, h, Q, n)
-        if valid is not None:
-            logits_for_softmax = logits.masked_fill(~valid[:, None, None, :], float('-inf'))
+        if segments.is_uniform:
+            attn = logits.softmax(dim=-1)
         else:
-            logits_for_softmax = logits
-        attn = self.attn_drop(logits_for_softmax.softmax(dim=-1))
-        out = (attn @ v).transpose(1, 2).reshape(B, Q, d)
-        return self.proj(out), logits.mean(dim=1)
+            valid = segments.valid_mask()[:, None, None, :]
+            attn = logits.masked_fill(~valid, float('-inf')).softmax(dim=-1)
+            attn = attn.masked_fill(~valid, 0.0)  # rows of empty images: 0, not nan
+        out = (self.attn_drop(attn) @ v).transpose(1, 2).reshape(B, Q, d)
+        mask_logits = segments.unpad(logits.mean(dim=1).transpose(1, 2))  # (T, Q)
+        return self.proj(out), mask_logits
 
 
 class ATMDecoderLayer(nn.Module):
@@ -97,10 +105,10 @@ class ATMDecoderLayer(nn.Module):
         self.dropout3 = nn.Dropout(dropout)
 
     def forward(self, query: Tensor, tokens: Tensor,
-                valid: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+                segments: Segments) -> Tuple[Tensor, Tensor]:
         q = self.norm1(query + self.dropout1(
             self.self_attn(query, query, query, need_weights=False)[0]))
-        cross, mask_logits = self.multihead_attn(q, tokens, valid)
+        cross, mask_logits = self.multihead_attn(q, tokens, segments)
         q = self.norm2(q + self.dropout2(cross))
         ffn = self.linear2(self.dropout(F.relu(self.linear1(q))))
         q = self.norm3(q + self.dropout3(ffn))
@@ -117,15 +125,15 @@ class ATMDecoder(nn.Module):
             ATMDecoderLayer(dim, num_heads, dropout=dropout) for _ in range(num_layers))
 
     def forward(self, query: Tensor, tokens: Tensor,
-                valid: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+                segments: Segments) -> Tuple[Tensor, Tensor]:
         mask_logits = None
         for layer in self.layers:
-            query, mask_logits = layer(query, tokens, valid)
+            query, mask_logits = layer(query, tokens, segments)
         return query, mask_logits
 
 
 @MODELS.register_module()
-class ATMPruneHead(BaseDecodeHead):
+class ATMPruneHead(StageHeadMixin, BaseDecodeHead):
     """Single-stage ATM head used after every DToP stage.
 
     Args:
@@ -139,6 +147,9 @@ class ATMPruneHead(BaseDecodeHead):
         **kwargs: other ``BaseDecodeHead`` arguments (``align_corners``,
             ``ignore_index``, ...). ``conv_seg`` and mmseg's dropout are unused.
     """
+
+    canvas_space = 'atm'
+    supported_spaces = ('atm', 'log_probs')
 
     def __init__(self,
                  in_channels: int,
@@ -180,28 +191,66 @@ class ATMPruneHead(BaseDecodeHead):
         # xavier init (it is not an nn.Linear); its out_proj is re-initialised above.
         self._is_init = True
 
-    def forward(self, tokens: Tensor, valid: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    def forward_tokens(self, tokens: Tensor, segments: Segments) -> HeadOutput:
         """Decode one stage.
 
         Args:
-            tokens (Tensor): ``(B, n, D)`` active backbone tokens (padded).
-            valid (Tensor, optional): ``(B, n)`` bool, False for padding slots.
+            tokens (Tensor): ``(T, D)`` packed active backbone tokens.
+            segments (Segments): image boundaries of ``tokens``.
 
         Returns:
-            tuple: class logits ``(B, Q, 2)`` and mask logits ``(B, Q, n)``
-            (values at padding slots are meaningless).
+            HeadOutput: mask logits ``(T, Q)`` and class logits ``(B, Q, 2)``.
         """
-        if tokens.dim() != 3:
-            raise ValueError(f'ATMPruneHead expects tokens (B, n, C), got {tuple(tokens.shape)}')
+        if tokens.dim() != 2:
+            raise ValueError(f'ATMPruneHead expects packed tokens (T, C), got '
+                             f'{tuple(tokens.shape)}')
         x = self.proj_norm(self.input_proj(tokens))
-        query = self.q.weight.unsqueeze(0).expand(x.shape[0], -1, -1)
-        query, mask_logits = self.decoder(query, x, valid)
-        return self.class_embed(query), mask_logits
+        query = self.q.weight.unsqueeze(0).expand(segments.batch_size, -1, -1)
+        query, mask_logits = self.decoder(query, x, segments)
+        return HeadOutput(mask_logits, self.class_embed(query))
+
+    def forward(self, tokens: Tensor, segments: Optional[Segments] = None
+                ) -> Tuple[Tensor, Tensor]:
+        """Dense convenience form: ``(B, n, D)`` tokens → ``(B, Q, 2)``, ``(B, Q, n)``."""
+        if segments is None:
+            if tokens.dim() != 3:
+                raise ValueError(f'ATMPruneHead expects tokens (B, n, C), got '
+                                 f'{tuple(tokens.shape)}')
+            B, n, _ = tokens.shape
+            segments = Segments.uniform(B, n, tokens.device)
+            out = self.forward_tokens(tokens.reshape(B * n, -1), segments)
+            return out.image_values, out.token_values.view(B, n, -1).transpose(1, 2)
+        out = self.forward_tokens(tokens, segments)
+        return out.image_values, out.token_values
+
+    def token_probs(self, out: HeadOutput, segments: Segments) -> Tensor:
+        """``P_c * sigmoid(A(c, t))`` per packed token, ``(T, Q)``."""
+        presence = class_presence(out.image_values)[segments.batch_index]  # (T, Q)
+        return presence * out.token_values.sigmoid()
+
+    def canvas_values(self, out: HeadOutput, segments: Segments, space: str) -> Tensor:
+        """Mask logits (``'atm'``) or log of the score normalised over classes."""
+        if space == 'atm':
+            return out.token_values
+        if space == 'log_probs':
+            scores = self.token_probs(out, segments).clamp_min(1e-12)
+            return scores.log() - scores.sum(-1, keepdim=True).log()
+        raise ValueError(f'ATMPruneHead cannot write a {space!r} canvas')
+
+    def final_map(self, out: HeadOutput, canvas: Tensor) -> Tensor:
+        """``P_final(c) * sigmoid(canvas)`` (spec §2.5), ``(B, Q, h, w)``."""
+        return class_presence(out.image_values)[..., None, None] * canvas.sigmoid()
 
     @staticmethod
     def scores(cls_logits: Tensor, mask_logits: Tensor) -> Tensor:
         """``P_c * sigmoid(mask_logit)``; see :func:`token_scores`."""
         return token_scores(cls_logits, mask_logits)
+
+    def loss_by_canvas(self, out: HeadOutput, canvas: Tensor, batch_data_samples,
+                       patch_size: int) -> Dict[str, Tensor]:
+        """ATM losses on the mask-logit canvas; see :meth:`loss_by_feat`."""
+        return self.loss_by_feat((out.image_values, canvas), batch_data_samples,
+                                 patch_size=patch_size)
 
     def loss_by_feat(self, seg_logits: Tuple[Tensor, Tensor],
                      batch_data_samples: SampleList,

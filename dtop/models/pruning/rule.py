@@ -79,6 +79,28 @@ def select_exits(scores: Tensor,
     return cand & ~keep
 
 
+@torch.no_grad()
+def select_exits_packed(scores: Tensor, segments, threshold: float,
+                        keep_topk: int = 5) -> Tensor:
+    """:func:`select_exits` for the packed active tokens of a batch.
+
+    Args:
+        scores (Tensor): ``(T, Q)`` per-token class scores (packed, image after
+            image as described by ``segments``).
+        segments (Segments): image boundaries.
+        threshold (float): ``p0``.
+        keep_topk (int): ``k``.
+
+    Returns:
+        Tensor: ``(T,)`` bool, True for tokens that exit now.
+    """
+    if scores.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.bool, device=scores.device)
+    padded = segments.pad(scores, value=float('-inf')).transpose(1, 2)  # (B, Q, n)
+    valid = None if segments.is_uniform else segments.valid_mask()
+    return segments.unpad(select_exits(padded, threshold, keep_topk, valid))
+
+
 def compact(keep: Tensor) -> Tuple[Tensor, Tensor]:
     """Order that moves each image's kept slots to the front.
 

@@ -1,0 +1,129 @@
+"""The stage-head contract: what the DToP segmentor needs from a head.
+
+A *stage head* turns the packed active tokens of a batch into per-token, per-class
+values. The segmentor, the pruning rule and the cost model depend on this contract
+only, not on one head class, so DToP prunes SegViT (ATM heads), SETR (SETRUPHead)
+and Segmenter (mask transformer) models with one stage loop.
+
+Every stage head implements:
+
+* :meth:`forward_tokens` — ``(T, C)`` packed tokens + :class:`Segments` →
+  :class:`HeadOutput` (per-token values ``(T, Q)`` and optional per-image values);
+* :meth:`token_probs` — per-token, per-class probabilities in ``[0, 1]``: what the
+  pruning rule grades (``max_c`` against ``p0``, top-``k`` per argmax class);
+* :meth:`canvas_values` — what the head writes into the segmentor's canvas of a
+  given *space* at its active tokens. Two spaces exist:
+
+  - ``'atm'``: ATM mask logits; the final map is the *final* head's class presence
+    times ``sigmoid(canvas)`` (the official DToP rule, spec §2.5);
+  - ``'log_probs'``: per-token class log-probabilities (log-softmax of a head's
+    logits, or the log of a normalised ATM score); the final map is the canvas
+    itself, a ``(B, Q, h, w)`` map of log-probabilities whose per-token softmax is
+    the exit head's distribution.
+
+* :meth:`final_map` — the final map from the canvas (only called on the final head);
+* :meth:`to_pixels` — resize a token-grid map to pixels the way the dense model does;
+* :meth:`loss_by_canvas` — the head's losses on the canvas of its own space as it
+  stands after the head wrote into it (earlier exits included, so later losses
+  reach earlier heads through the exited positions, as in the official code).
+
+Heads keep no state between calls.
+"""
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ..packing import Segments
+from ..utils import grid_to_pixels
+
+CANVAS_SPACES = ('atm', 'log_probs')
+
+
+@dataclass
+class HeadOutput:
+    """What one stage head returns.
+
+    Attributes:
+        token_values (Tensor): ``(T, Q)`` per-token values in the head's native
+            space (ATM: mask logits; softmax heads: class logits).
+        image_values (Tensor, optional): per-image values (ATM: class logits
+            ``(B, Q, 2)``).
+    """
+    token_values: Tensor
+    image_values: Optional[Tensor] = None
+
+    def float(self) -> 'HeadOutput':
+        """A copy in fp32 (the pruning decision is always made in fp32)."""
+        return HeadOutput(self.token_values.float(),
+                          None if self.image_values is None else self.image_values.float())
+
+
+class StageHeadMixin:
+    """Default implementations of the stage-head contract for softmax heads.
+
+    A head that classifies each token with a softmax over classes (SETR's 1×1
+    head, an FCN/linear head, Segmenter's mask transformer) only needs
+    :meth:`forward_tokens`; everything else follows from its logits.
+    """
+
+    #: the canvas space the head's own loss is computed in
+    canvas_space: str = 'log_probs'
+    #: spaces the head can write (see :meth:`canvas_values`)
+    supported_spaces: Sequence[str] = ('log_probs',)
+
+    def forward_tokens(self, tokens: Tensor, segments: Segments) -> HeadOutput:
+        raise NotImplementedError
+
+    def token_probs(self, out: HeadOutput, segments: Segments) -> Tensor:
+        """``(T, Q)`` class probabilities of each active token."""
+        return out.token_values.softmax(dim=-1)
+
+    def canvas_values(self, out: HeadOutput, segments: Segments, space: str) -> Tensor:
+        """``(T, Q)`` values to write into the canvas of ``space``."""
+        if space != 'log_probs':
+            raise ValueError(f'{type(self).__name__} cannot write a {space!r} canvas')
+        return out.token_values.log_softmax(dim=-1)
+
+    def final_map(self, out: HeadOutput, canvas: Tensor) -> Tensor:
+        """``(B, Q, h, w)`` final map: the log-probability canvas itself."""
+        return canvas
+
+    def to_pixels(self, seg_map: Tensor, size: Sequence[int], patch_size: int) -> Tensor:
+        """Token grid → pixels, corner-padding aware (see :func:`grid_to_pixels`)."""
+        return grid_to_pixels(seg_map, size, patch_size, self.align_corners)
+
+    def loss_by_canvas(self, out: HeadOutput, canvas: Tensor, batch_data_samples,
+                       patch_size: int) -> Dict[str, Tensor]:
+        """Cross-entropy of the canvas at label resolution (mmseg's losses).
+
+        The canvas holds log-probabilities; CE is invariant to a per-pixel shift
+        of the logits, so on a dense model this equals mmseg's loss on the raw
+        logits resized the same way.
+        """
+        seg_label = self._stack_batch_gt(batch_data_samples)
+        logits = self.to_pixels(canvas, seg_label.shape[-2:], patch_size)
+        return self._mmseg_losses(logits, seg_label.squeeze(1))
+
+    def _mmseg_losses(self, seg_logits: Tensor, seg_label: Tensor) -> Dict[str, Tensor]:
+        """mmseg's ``BaseDecodeHead.loss_by_feat`` on already-resized logits."""
+        from mmseg.models.losses import accuracy
+        loss = dict()
+        seg_weight = self.sampler.sample(seg_logits, seg_label[:, None]) \
+            if self.sampler is not None else None
+        losses_decode = self.loss_decode if isinstance(self.loss_decode, torch.nn.ModuleList) \
+            else [self.loss_decode]
+        for loss_decode in losses_decode:
+            value = loss_decode(seg_logits, seg_label, weight=seg_weight,
+                                ignore_index=self.ignore_index)
+            loss[loss_decode.loss_name] = loss.get(loss_decode.loss_name, 0) + value
+        loss['acc_seg'] = accuracy(seg_logits, seg_label, ignore_index=self.ignore_index)
+        return loss
+
+
+def is_stage_head(module) -> bool:
+    """Whether ``module`` implements the stage-head contract."""
+    return all(callable(getattr(module, name, None)) for name in
+               ('forward_tokens', 'token_probs', 'canvas_values', 'final_map',
+                'to_pixels', 'loss_by_canvas'))
