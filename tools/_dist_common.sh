@@ -11,6 +11,9 @@
 #   PYTHON       interpreter (default: .venv/bin/python of the checkout, else python3)
 # Without CUDA the processes run on CPU with the gloo backend (tools/train.py and
 # tools/test.py set that up); with CUDA, mmengine uses NCCL and one GPU per process.
+# The workers end themselves when torchrun dies, even by SIGKILL (parent-death
+# signal + watchdog, dtop.utils.launch.die_with_parent), and a training holds a lock
+# on WORK_DIR so a second one (e.g. --resume) cannot race it.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 

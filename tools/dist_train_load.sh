@@ -7,6 +7,8 @@
 #   bash tools/dist_train_load.sh configs/dtop/dtop_segvit_vit-b16_4xb4-40k_ade20k-512x512.py \
 #       work_dirs/dtop_b16 work_dirs/base_b16/iter_160000.pth
 #
+# BASE_CKPT must fit CONFIG: a key or shape mismatch stops before training with the
+# first mismatches (append --allow-partial-load for a deliberate partial load).
 # See tools/_dist_common.sh for the environment knobs (GPUS, NNODES, ...).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_dist_common.sh"

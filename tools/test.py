@@ -19,10 +19,12 @@ if _ROOT not in sys.path:
 
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
 
+from dtop.engine import DToPRunner  # noqa: E402
 from dtop.utils import allow_full_checkpoint_unpickling  # noqa: E402
-from dtop.utils.launch import LAUNCHERS, prepare_distributed  # noqa: E402
+from dtop.utils.errors import run_cli  # noqa: E402
+from dtop.utils.launch import (LAUNCHERS, die_with_parent,  # noqa: E402
+                               launched_by_torchrun, prepare_distributed)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,6 +56,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         '--launcher', choices=LAUNCHERS, default='none', help='job launcher')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation')
+    parser.add_argument(
+        '--precision', choices=['fp32', 'bf16', 'fp16'], default=None,
+        help='inference precision (autocast; CPU: bf16, CUDA: bf16/fp16). The pruning '
+        'decision stays fp32. Default: the config\'s model.test_cfg.precision (fp32)')
+    parser.add_argument(
+        '--allow-partial-load',
+        action='store_true',
+        help='evaluate even if the checkpoint\'s keys or shapes do not all match the '
+        'model (default: stop with the first mismatches)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
@@ -93,6 +104,8 @@ def build_config(args: argparse.Namespace) -> Config:
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
+    if args.precision is not None:
+        cfg.model.setdefault('test_cfg', {})['precision'] = args.precision
 
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
@@ -101,6 +114,9 @@ def build_config(args: argparse.Namespace) -> Config:
 
     cfg.load_from = args.checkpoint
     cfg.resume = False
+    if args.allow_partial_load:
+        cfg.load_strict = False
+    _validate_options(cfg)
 
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
@@ -121,18 +137,32 @@ def build_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def main(argv=None) -> None:
+def _validate_options(cfg: Config) -> None:
+    """Check ``model.prune_threshold`` where it enters (config / --cfg-options)."""
+    from dtop.models.pruning.options import validate_prune_threshold
+    model = cfg.get('model', {})
+    if 'prune_threshold' not in model:
+        return
+    out_indices = model.get('backbone', {}).get('out_indices')
+    num_stages = len(out_indices) if isinstance(out_indices, (list, tuple)) else \
+        1 + len(model.get('auxiliary_head') or [])
+    validate_prune_threshold(model.get('prune_threshold'), num_stages)
+
+
+def main(argv=None) -> dict:
     # mmengine checkpoints need full unpickling under torch>=2.6 (docs/environment.md).
     allow_full_checkpoint_unpickling()
+    if launched_by_torchrun():
+        die_with_parent()  # a killed torchrun must not leave a worker running
     args = parse_args(argv)
     cfg = build_config(args)
     prepare_distributed(cfg, args.launcher)
     if 'runner_type' not in cfg:
-        runner = Runner.from_cfg(cfg)
+        runner = DToPRunner.from_cfg(cfg)
     else:
         runner = RUNNERS.build(cfg)
-    runner.test()
+    return runner.test()
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -28,8 +28,12 @@ from mmengine.logging import print_log  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
+from dtop.engine import DToPRunner  # noqa: E402
+from dtop.models.pruning.options import validate_prune_threshold  # noqa: E402
 from dtop.utils import allow_full_checkpoint_unpickling  # noqa: E402
-from dtop.utils.launch import LAUNCHERS, prepare_distributed  # noqa: E402
+from dtop.utils.errors import run_cli  # noqa: E402
+from dtop.utils.launch import (LAUNCHERS, WorkDirLock, die_with_parent,  # noqa: E402
+                               launched_by_torchrun, prepare_distributed)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,6 +51,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         action='store_true',
         default=False,
         help='enable automatic-mixed-precision training (CUDA only)')
+    parser.add_argument(
+        '--allow-partial-load',
+        action='store_true',
+        default=False,
+        help='let load_from / --resume load a checkpoint whose keys or shapes do not '
+        'all match the model (default: stop with the first mismatches)')
     parser.add_argument(
         '--cfg-options',
         nargs='+',
@@ -104,15 +114,16 @@ def build_config(args: argparse.Namespace) -> Config:
             cfg.optim_wrapper.loss_scale = 'dynamic'
 
     cfg.resume = args.resume
+    if args.allow_partial_load:
+        cfg.load_strict = False
 
     load_from = cfg.get('load_from')
     if load_from and '://' not in str(load_from) and not osp.isfile(load_from):
         raise FileNotFoundError(
             f'load_from checkpoint not found: {load_from}. Pass an existing BASE '
             'checkpoint (e.g. WORK_DIR/iter_160000.pth) or a URL.')
-    threshold = cfg.get('model', {}).get('prune_threshold', None)
-    thresholds = threshold if isinstance(threshold, (list, tuple)) else [threshold]
-    prunes = any(t is not None and t < 1 for t in thresholds)
+    thresholds = validated_thresholds(cfg)
+    prunes = any(t is not None for t in thresholds)
     if prunes and not load_from and not cfg.resume:
         print_log('This is a prune fine-tune config (prune_threshold < 1) but no '
                   'load_from is set: training starts from the ImageNet backbone and '
@@ -122,18 +133,49 @@ def build_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def validated_thresholds(cfg: Config) -> list:
+    """``model.prune_threshold`` checked where it enters (config / --cfg-options).
+
+    Returns:
+        list: one threshold (float, or None = no pruning) per auxiliary stage; ``[]``
+        for models without one.
+
+    Raises:
+        ValueError: naming a NaN, string, negative or wrong-length value.
+    """
+    model = cfg.get('model', {})
+    if 'prune_threshold' not in model:
+        return []
+    out_indices = model.get('backbone', {}).get('out_indices')
+    num_stages = len(out_indices) if isinstance(out_indices, (list, tuple)) else \
+        1 + len(model.get('auxiliary_head') or [])
+    return validate_prune_threshold(model.get('prune_threshold'), num_stages)
+
+
+def build_runner(cfg: Config) -> Runner:
+    """The config's ``runner_type``, else :class:`DToPRunner` (strict checkpoint
+    loading, atomic checkpoint saves, checked data)."""
+    if 'runner_type' not in cfg:
+        return DToPRunner.from_cfg(cfg)
+    return RUNNERS.build(cfg)
+
+
 def main(argv=None) -> None:
     # mmengine checkpoints need full unpickling under torch>=2.6 (docs/environment.md).
     allow_full_checkpoint_unpickling()
+    if launched_by_torchrun():
+        die_with_parent()  # a killed torchrun must not leave a worker training
     args = parse_args(argv)
     cfg = build_config(args)
+    lock = None
+    if int(os.environ.get('RANK', '0')) == 0:
+        lock = WorkDirLock(cfg.work_dir).acquire()
     prepare_distributed(cfg, args.launcher)
-    if 'runner_type' not in cfg:
-        runner = Runner.from_cfg(cfg)
-    else:
-        runner = RUNNERS.build(cfg)
+    runner = build_runner(cfg)
     runner.train()
+    if lock is not None:
+        lock.release()
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -33,4 +33,14 @@ log_level = 'INFO'
 load_from = None
 resume = False
 
-tta_model = dict(type='SegTTAModel')
+# DToPRunner (dtop/engine/runner.py) = mmengine's Runner + strict checkpoint loading
+# (a key/shape mismatch stops before any work; `load_strict = False`, or
+# --allow-partial-load in the tools, allows a deliberate partial load), atomic
+# checkpoint saves (CheckpointHook -> AtomicCheckpointHook) and data checks that
+# name a bad image/annotation file. See docs/robustness.md.
+runner_type = 'DToPRunner'
+load_strict = True
+
+# Test-time augmentation (tools/test.py --tta): mmseg's SegTTAModel merging, plus
+# the pruning statistics of every augmented pass for IoUFlopsMetric.
+tta_model = dict(type='DToPTTAModel')

@@ -81,6 +81,11 @@ def inspect_sample_files(img_path: Optional[str], seg_path: Optional[str],
         p, seg_size, mode = inspect_file(seg_path, 'annotation')
         if p:
             problems.append(p)
+        elif min(seg_size) < 2:
+            problems.append(f'annotation {seg_path} is {seg_size[0]}x{seg_size[1]} px: label '
+                            'maps need at least 2 px per side (mmseg\'s LoadAnnotations '
+                            'squeezes a 1-px side away); remove the sample or use a larger '
+                            'image')
         elif mode not in LABEL_MODES:
             problems.append(f'annotation {seg_path} has PIL mode {mode!r} '
                             f'({len(mode)} channels); label maps must be single-channel '
@@ -205,6 +210,34 @@ def describe_dataset_source(dataset) -> str:
     return ', '.join(parts)
 
 
+def build_checked_dataset(dataset_cfg: dict, split: str):
+    """``DATASETS.build`` + ``full_init``, with a missing folder or annotation file
+    reported as :class:`DataError` naming the data root and the fix."""
+    from mmengine.registry import DATASETS
+    where = ', '.join(f'{k}={dataset_cfg.get(k)!r}' for k in
+                      ('type', 'data_root', 'data_prefix', 'ann_file', 'img_suffix')
+                      if dataset_cfg.get(k))
+    key = 'train_dataloader' if split == 'train' else 'val_dataloader / test_dataloader'
+    try:
+        dataset = DATASETS.build(dataset_cfg)
+        if hasattr(dataset, 'full_init'):
+            dataset.full_init()
+    except ValueError as exc:
+        if 'need at least one array to concatenate' not in str(exc):
+            raise
+        # mmengine's BaseDataset cannot serialise an empty sample list
+        raise DataError(_empty_message(split, where, dataset_cfg.get('data_root'))) from exc
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise DataError(
+            f'the {split} dataset cannot be read: {exc.strerror or exc}: '
+            f'{exc.filename or ""} ({where}). Point data_root at the prepared dataset '
+            f'(--cfg-options {key}.dataset.data_root=PATH) or prepare the data '
+            '(tools/dataset_converters/, or `python -m dtop.datasets.demo_generator` for '
+            'the demo).') from exc
+    check_not_empty(dataset, split)
+    return dataset
+
+
 def check_not_empty(dataset, split: str) -> None:
     """Raise :class:`DataError` when ``dataset`` holds no sample.
 
@@ -215,15 +248,18 @@ def check_not_empty(dataset, split: str) -> None:
     if len(dataset) > 0:
         return
     inner = next(iter(_iter_base_datasets(dataset)), dataset)
-    root = getattr(inner, 'data_root', None)
+    raise DataError(_empty_message(split, describe_dataset_source(inner),
+                                   getattr(inner, 'data_root', None)))
+
+
+def _empty_message(split: str, where: str, root: Optional[str]) -> str:
     exists = f' (the folder {root} does not exist)' if root and not osp.isdir(root) else ''
     key = 'train_dataloader' if split == 'train' else 'val_dataloader / test_dataloader'
-    raise DataError(
-        f'the {split} dataset is empty: no sample found for {describe_dataset_source(inner)}'
-        f'{exists}. Point data_root at the prepared dataset (--cfg-options '
-        f'{key}.dataset.data_root=PATH), check the image/annotation suffixes '
-        'and folders, or prepare the data (tools/dataset_converters/, or '
-        '`python -m dtop.datasets.demo_generator` for the demo).')
+    return (f'the {split} dataset is empty: no sample found for {where}{exists}. Point '
+            f'data_root at the prepared dataset (--cfg-options {key}.dataset.data_root='
+            'PATH), check the image/annotation suffixes and folders, or prepare the data '
+            '(tools/dataset_converters/, or `python -m dtop.datasets.demo_generator` for '
+            'the demo).')
 
 
 def install_sample_checks(dataset, split: str = 'val') -> int:

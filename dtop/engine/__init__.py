@@ -1,4 +1,5 @@
-"""Engine components (hooks)."""
-from .hooks import PruneStatsHook
+"""Engine components (hooks, the runner)."""
+from .hooks import AtomicCheckpointHook, PruneStatsHook
+from .runner import DToPRunner
 
-__all__ = ['PruneStatsHook']
+__all__ = ['AtomicCheckpointHook', 'DToPRunner', 'PruneStatsHook']

@@ -103,7 +103,7 @@ def test_test_tta_swaps_model_and_pipeline(tmp_path):
     ckpt = tmp_path / 'model.pth'
     ckpt.write_bytes(b'')
     cfg = test_tool.build_config(test_tool.parse_args([str(BASE_CONFIG), str(ckpt), '--tta']))
-    assert cfg.model.type == 'SegTTAModel'
+    assert cfg.model.type == 'DToPTTAModel'  # keeps every pass's dtop_stats (issue 11)
     assert cfg.model.module.type == 'DToPEncoderDecoder'
     assert cfg.test_dataloader.dataset.pipeline[1].type == 'TestTimeAug'
 
