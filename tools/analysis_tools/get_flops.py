@@ -6,6 +6,11 @@ backbone, each head, "backbone + final head" (the README BASE convention) and
 "backbone + all heads", next to the analytic cost model of
 :mod:`dtop.evaluation.flops`.
 
+For models whose heads exist in mmseg (SETR-naive, Segmenter) it also builds mmseg's
+dense ``EncoderDecoder`` with the same backbone/head settings
+(:func:`dtop.models.mmseg_dense.mmseg_dense_model_cfg`), counts it with the same
+counter and prints both side by side (``--no-mmseg`` skips this).
+
 Example::
 
     python tools/analysis_tools/get_flops.py \\
@@ -32,6 +37,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='library counter')
     parser.add_argument('--analytic', action='store_true',
                         help='print the analytic cost model only (no model trace)')
+    parser.add_argument('--no-mmseg', action='store_true',
+                        help='do not count mmseg\'s dense model of the same config')
     parser.add_argument('--out', help='also write the numbers to this JSON file')
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='override config settings (mmengine syntax)')
@@ -116,10 +123,76 @@ def main(argv: Optional[List[str]] = None) -> dict:
     if lib is not None:
         ops = ', '.join(f'{k} {v / 1e9:.2f}' for k, v in lib['by_operator'].most_common())
         print(f'by operator (GFLOPs): {ops}')
+    result['mmseg'] = None if args.no_mmseg else compare_mmseg(cfg, dims, shape, lib,
+                                                               args)
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(result, f, indent=2)
     return result
+
+
+def compare_mmseg(cfg, dims, shape, lib, args) -> Optional[dict]:
+    """Count mmseg's dense model of the same config and print it next to ours.
+
+    Returns:
+        dict or None: ``library`` / ``analytic`` numbers of mmseg's model and
+        ``ours`` (ours, same rows), or None when the config has no mmseg
+        counterpart (ATM decode head).
+    """
+    from mmseg.registry import MODELS
+
+    from dtop.evaluation.flops import count_flops_mmseg, dense_flops, mmseg_dense_flops
+    from dtop.models.mmseg_dense import mmseg_dense_model_cfg
+    try:
+        mm_cfg, kept = mmseg_dense_model_cfg(cfg.model)
+    except ValueError as err:
+        print(f'mmseg dense model: n/a ({err})')
+        return None
+    ana = mmseg_dense_flops(dims, shape)
+    ours_ana = dense_flops(dims, shape)
+    mm_lib = None
+    if lib is not None:
+        model = MODELS.build(mm_cfg)
+        mm_lib = count_flops_mmseg(model, shape, backend=args.backend)
+        del model
+    ours = lib if lib is not None else ours_ana
+    S = dims.num_stages
+    rows = [('backbone (incl. patch embed)', 'backbone', None, None)]
+    for i, s in enumerate(kept):
+        rows.append((f'auxiliary_head.{s} (forward)', 'heads', s, i))
+    rows += [('decode_head + resize to the crop', 'final_head', None, None),
+             ('backbone + final head  [inference at p0 = 1]', 'backbone_final_head',
+              None, None),
+             ('backbone + all heads  [training]', 'backbone_all_heads', None, None)]
+    print(f"\nmmseg's dense {mm_cfg['type']} ({mm_cfg['backbone']['type']} + "
+          f"{mm_cfg['decode_head']['type']}), same config, one crop:")
+    header = (f"{'':<46}{'ours':>12}{'mmseg (counter)':>17}{'mmseg (analytic)':>18}"
+              f"{'ours - mmseg':>14}")
+    print(header)
+    print('-' * len(header))
+    out = dict(library={} if mm_lib else None, analytic={}, ours={}, config=mm_cfg['type'])
+    for name, key, ours_idx, mm_idx in rows:
+        if mm_idx is not None:
+            a, o = ana['heads'][ours_idx], ours['heads'][ours_idx]
+            m = mm_lib['heads'][mm_idx] if mm_lib else None
+        else:
+            a, o = ana[key], ours[key]
+            m = mm_lib[key] if mm_lib else None
+        a, o = a / 1e9, o / 1e9
+        out['analytic'][name] = a
+        out['ours'][name] = o
+        ref = a
+        if m is not None:
+            m /= 1e9
+            out['library'][name] = m
+            ref = m
+        m_txt = f'{m:>17.3f}' if m is not None else f"{'-':>17}"
+        print(f'{name:<46}{o:>12.3f}{m_txt}{a:>18.3f}{o - ref:>+14.3f}')
+    if any(h.kind == 'setr_up' for h in dims.heads):
+        print('(SETR: ours runs conv_seg on the tokens and upsamples the class maps; mmseg '
+              'upsamples the conv features x4 first and runs conv_seg on every pixel: '
+              'same logits, fewer FLOPs.)')
+    return out
 
 
 if __name__ == '__main__':
