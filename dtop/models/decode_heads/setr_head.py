@@ -23,10 +23,11 @@ every token, but the heads of later stages see only the tokens still active ther
 (the hard ones), so their batch statistics — and the running mean/variance used at
 test time — describe hard tokens only. Training and testing then see the same
 population (the same pruning runs at test time), which is what those heads need;
-the running statistics inherited from a dense BASE model drift towards the hard-token
-statistics during the fine-tune (momentum 0.1 per iteration: within ~50 iterations).
-A batch with a single active token in training cannot form batch statistics; the
-running statistics are used for it.
+the running statistics inherited from a dense BASE model move to the hard-token
+statistics early in the fine-tune (momentum 0.1: 0.9^50 < 1 % of the old value is
+left after 50 iterations).
+A batch with fewer than two active tokens in training cannot form batch statistics;
+a plain BN uses its running statistics for it (SyncBN pools all processes).
 """
 from typing import Optional, Sequence
 
@@ -112,9 +113,6 @@ class DToPSETRUPHead(StageHeadMixin, SETRUPHead):
         if tokens.dim() != 2:
             raise ValueError(f'DToPSETRUPHead expects packed tokens (T, C), got '
                              f'{tuple(tokens.shape)}')
-        T = tokens.shape[0]
-        if T == 0:
-            return HeadOutput(tokens.new_zeros((0, self.num_classes)))
         x = self.norm(tokens)
         x = self._conv_module_tokens(self.up_convs[0][0], x)
         x = self._channel_dropout(x, segments)
@@ -136,8 +134,14 @@ class DToPSETRUPHead(StageHeadMixin, SETRUPHead):
 
     @staticmethod
     def _batch_norm_tokens(bn: nn.Module, x: Tensor) -> Tensor:
-        """BN over the active tokens (see the module docstring)."""
-        if bn.training and x.shape[0] < 2:
+        """BN over the active tokens (see the module docstring).
+
+        SyncBN always runs (its statistics are over all processes, and every
+        process must join the collective even with no tokens); a plain BN in
+        training with fewer than 2 tokens uses its running statistics.
+        """
+        if (bn.training and x.shape[0] < 2
+                and not isinstance(bn, nn.SyncBatchNorm)):
             return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias,
                                 training=False, eps=bn.eps)
         return bn(x[:, :, None, None]).view(x.shape)
