@@ -13,9 +13,14 @@ Examples::
         work_dirs/demo/dtop/iter_500.pth --out-file exit_demo.png
     # another p0 at test time (one value for all auxiliary stages, or one each)
     python demo/image_demo.py photo.jpg CONFIG CKPT --threshold 0.8
+
+The checkpoint must fit the config (a key or shape mismatch stops with the first
+mismatches; ``--allow-partial-load`` overrides). Images smaller than
+``MIN_RENDER_SIDE`` pixels are enlarged (nearest neighbour) for the picture only.
 """
 import argparse
 import json
+import math
 import os
 import os.path as osp
 import sys
@@ -35,6 +40,39 @@ import torch  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from mmengine.dataset import Compose  # noqa: E402
 
+from dtop.utils.errors import DataError, DToPUserError, run_cli  # noqa: E402
+
+#: the shorter side of the rendered panels is at least this (small images are
+#: enlarged with nearest-neighbour sampling so that pixels, titles and legend stay
+#: readable); the longer side is capped at ``MAX_RENDER_SIDE``.
+MIN_RENDER_SIDE = 256
+MAX_RENDER_SIDE = 4096
+
+
+def _opacity(text: str) -> float:
+    """argparse type: a finite number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'--opacity must be a number in [0, 1], got '
+                                         f'{text!r}') from None
+    if not (0.0 <= value <= 1.0):  # also rejects nan
+        raise argparse.ArgumentTypeError(
+            f'--opacity must be in [0, 1] (0 = image only, 1 = colours only), got {text}')
+    return value
+
+
+def _threshold(text: str):
+    """argparse type for one p0 value: a number (validated fully in build_model)."""
+    if text == 'None':
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'--threshold values must be numbers in [0, 1] (>= 1 disables pruning), got '
+            f'{text!r}') from None
+
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -44,20 +82,26 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--out-file', default=None,
                         help='output picture (default: <image name>_dtop.png here)')
-    parser.add_argument('--threshold', type=float, nargs='+', default=None,
+    parser.add_argument('--threshold', type=_threshold, nargs='+', default=None,
                         help='p0 for the auxiliary stages (one value, or one per stage); '
                         '1.0 disables pruning')
     parser.add_argument('--device', default='cuda:0' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--max-side', type=int, default=None,
                         help='downscale the image first so its longer side is at most this')
-    parser.add_argument('--opacity', type=float, default=0.6,
-                        help='opacity of the segmentation colours (0..1]')
+    parser.add_argument('--opacity', type=_opacity, default=0.6,
+                        help='opacity of the segmentation colours, in [0, 1]')
     parser.add_argument('--out-json', default=None, help='also write the numbers here')
+    parser.add_argument('--allow-partial-load', action='store_true',
+                        help='use a checkpoint whose keys or shapes do not all match the '
+                        'config (default: stop with the first mismatches)')
+    parser.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default=None,
+                        help='inference precision (autocast; default: the config\'s, fp32)')
     return parser.parse_args(argv)
 
 
 def build_model(config: str, checkpoint: str, device: str,
-                threshold: Optional[List[float]] = None):
+                threshold: Optional[List[float]] = None, precision: Optional[str] = None,
+                strict: bool = True):
     """Build the segmentor from ``config`` and load ``checkpoint``.
 
     Args:
@@ -65,19 +109,37 @@ def build_model(config: str, checkpoint: str, device: str,
         checkpoint (str): checkpoint path.
         device (str): e.g. ``'cpu'`` or ``'cuda:0'``.
         threshold (list[float], optional): overrides ``model.prune_threshold``.
+        precision (str, optional): overrides ``model.test_cfg.precision``.
+        strict (bool): stop when the checkpoint does not fit the model. Default True.
 
     Returns:
         tuple: ``(model, cfg)``.
+
+    Raises:
+        CheckpointError / CheckpointMismatchError: unreadable or unfitting checkpoint.
+        DToPUserError: an invalid threshold (named).
     """
     from mmseg.apis import init_model
+
+    from dtop.models.pruning.options import validate_prune_threshold
+    from dtop.utils.checkpoint import load_checkpoint_strict
     if not osp.isfile(config):
         raise FileNotFoundError(f'config not found: {config}')
     if not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
     cfg = Config.fromfile(config)
     if threshold is not None:
-        cfg.model.prune_threshold = threshold[0] if len(threshold) == 1 else list(threshold)
-    model = init_model(cfg, checkpoint, device=device)
+        value = threshold[0] if len(threshold) == 1 else list(threshold)
+        try:
+            validate_prune_threshold(value, len(cfg.model.backbone.out_indices))
+        except ValueError as exc:
+            raise DToPUserError(f'--threshold: {exc}') from None
+        cfg.model.prune_threshold = value
+    if precision is not None:
+        cfg.model.setdefault('test_cfg', {})['precision'] = precision
+    model = init_model(cfg, None, device='cpu')
+    load_checkpoint_strict(model, checkpoint, strict=strict)  # stops on a mismatch
+    model.to(device)
     if not hasattr(model, 'run_stages'):
         raise TypeError(f'{config} does not build a DToP model ({type(model).__name__}); '
                         'exit maps need DToPEncoderDecoder.')
@@ -114,32 +176,62 @@ def image_flops(model, stats: dict) -> Dict[str, float]:
         stats (dict): the sample's ``dtop_stats``.
 
     Returns:
-        dict: ``gflops`` (pruned, with the auxiliary heads), ``gflops_noaux``,
-        ``gflops_dense`` (backbone + final head on all tokens of the same crops),
-        ``gflops_dense_allheads``, ``reduction_pct`` (with aux heads vs dense),
-        ``num_crops``, ``exit_pct`` (per stage, last = never exited).
+        dict: ``gflops`` (pruned, with the auxiliary heads that ran),
+        ``gflops_noaux``, ``gflops_dense`` (backbone + final head on all tokens of
+        the same crops), ``gflops_dense_allheads``, ``reduction_pct`` (with aux
+        heads vs dense), ``num_crops``, ``exit_pct`` (per stage, last = never
+        exited). Computed by :func:`dtop.evaluation.metrics.flops_summary`, the
+        function behind ``IoUFlopsMetric``, so both report the same numbers (an
+        auxiliary head skipped at ``p0 = 1`` costs nothing in either).
     """
-    from dtop.evaluation.flops import DToPCostDims, model_flops
+    from dtop.evaluation.flops import DToPCostDims
+    from dtop.evaluation.metrics import _stats_record, flops_summary
     from dtop.visualization import exit_fractions
     dims = DToPCostDims.from_model(model)
+    summary = flops_summary([_stats_record(stats)], dims)
     counts = np.asarray(stats['token_counts'], dtype=np.float64).reshape(-1, dims.num_stages)
-    crop_shape = tuple(int(v) for v in stats['crop_shape'])
-    N = int(stats['grid_tokens'])
-    cost = model_flops(dims, counts, crop_shape, grid_tokens=N)
-    dense = model_flops(dims, np.full_like(counts, N), crop_shape, grid_tokens=N)
-    g = 1e-9
-    out = dict(gflops=float(cost['backbone_all_heads'].sum() * g),
-               gflops_noaux=float(cost['backbone_final_head'].sum() * g),
-               gflops_dense=float(dense['backbone_final_head'].sum() * g),
-               gflops_dense_allheads=float(dense['backbone_all_heads'].sum() * g),
-               num_crops=int(counts.shape[0]),
-               exit_pct=[float(100 * f) for f in exit_fractions(counts, N)])
-    out['reduction_pct'] = 100.0 * (1.0 - out['gflops'] / out['gflops_dense'])
-    return out
+    return dict(gflops=summary['GFLOPs_img'],
+                gflops_noaux=summary['GFLOPs_img_noaux'],
+                gflops_dense=summary['GFLOPs_dense_img'],
+                gflops_dense_allheads=summary['GFLOPs_dense_img_allheads'],
+                num_crops=int(counts.shape[0]),
+                exit_pct=[float(100 * f) for f in
+                          exit_fractions(counts, int(stats['grid_tokens']))],
+                reduction_pct=summary['GFLOPs_reduction_pct'])
+
+
+def render_scale(height: int, width: int, min_side: int = MIN_RENDER_SIDE,
+                 max_side: int = MAX_RENDER_SIDE) -> int:
+    """Integer enlargement factor for the picture of an ``height x width`` image.
+
+    The shorter side becomes at least ``min_side`` pixels unless that would make
+    the longer side exceed ``max_side``; images that are large enough get 1.
+    """
+    short, long = min(height, width), max(height, width)
+    if short >= min_side:
+        return 1
+    return max(1, min(math.ceil(min_side / short), max_side // long))
+
+
+def _enlarged_sample(sample, factor: int):
+    """A copy of ``sample`` whose prediction is ``factor`` times larger (nearest)."""
+    from mmengine.structures import PixelData
+    if factor == 1:
+        return sample
+    big = sample.clone()
+    pred = sample.pred_sem_seg.data
+    big.pred_sem_seg = PixelData(data=pred.repeat_interleave(factor, -2)
+                                 .repeat_interleave(factor, -1))
+    return big
 
 
 def render(model, image_rgb: np.ndarray, sample, opacity: float = 0.6) -> np.ndarray:
-    """Prediction overlay | exit map, with titles and the stage legend (RGB)."""
+    """Prediction overlay | exit map, with titles and the stage legend (RGB).
+
+    Images whose shorter side is below :data:`MIN_RENDER_SIDE` are enlarged by an
+    integer factor (nearest neighbour: every pixel and token stays a sharp square)
+    so that the picture and its text are readable; a 1x1 image works too.
+    """
     from mmengine.visualization import Visualizer
 
     from dtop.visualization import DToPVisualizer
@@ -156,19 +248,44 @@ def render(model, image_rgb: np.ndarray, sample, opacity: float = 0.6) -> np.nda
         rng = np.random.default_rng(0)
         palette = rng.integers(0, 256, (num, 3)).tolist()
     vis.dataset_meta = dict(classes=list(classes), palette=[list(c) for c in palette])
+    vis.alpha = opacity
+    factor = render_scale(*image_rgb.shape[:2])
+    if factor > 1:
+        image_rgb = np.ascontiguousarray(
+            image_rgb.repeat(factor, axis=0).repeat(factor, axis=1))
+        sample = _enlarged_sample(sample, factor)
     return vis.draw_panels(image_rgb, sample, draw_gt=False)
+
+
+def read_image(path: str) -> np.ndarray:
+    """Read ``path`` as a BGR image (as ``LoadImageFromFile``), or name the problem.
+
+    Raises:
+        FileNotFoundError: no such file.
+        DataError: empty, not an image, or undecodable.
+    """
+    from dtop.datasets.checks import inspect_file
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'image not found: {path}')
+    problem, _, _ = inspect_file(path, 'image')
+    if problem:
+        raise DataError(f'{problem}; pass a readable image file (jpg, png, ...).')
+    try:
+        image = mmcv.imread(path)  # BGR, as LoadImageFromFile
+    except Exception as exc:  # noqa: BLE001  (cv2.error and friends, named)
+        raise DataError(f'cannot decode image {path}: {type(exc).__name__}: {exc}') from exc
+    if image is None or image.size == 0:
+        raise DataError(f'cannot decode image {path}: the decoder returned nothing.')
+    return image
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
     args = parse_args(argv)
-    if not osp.isfile(args.img):
-        raise FileNotFoundError(f'image not found: {args.img}')
-    image = mmcv.imread(args.img)  # BGR, as LoadImageFromFile
-    if image is None:
-        raise ValueError(f'cannot read image {args.img}')
+    image = read_image(args.img)
     if args.max_side and max(image.shape[:2]) > args.max_side:
         image = mmcv.imrescale(image, args.max_side / max(image.shape[:2]))
-    model, cfg = build_model(args.config, args.checkpoint, args.device, args.threshold)
+    model, cfg = build_model(args.config, args.checkpoint, args.device, args.threshold,
+                             args.precision, strict=not args.allow_partial_load)
     sample = segment(model, cfg, image)
     stats = sample.metainfo['dtop_stats']
     flops = image_flops(model, stats)
@@ -186,7 +303,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
           f'{model.prune_threshold}')
     print(f"GFLOPs: {flops['gflops']:.3f} with aux heads, {flops['gflops_noaux']:.3f} "
           f"without; dense {flops['gflops_dense']:.3f} (backbone + final head) -> "
-          f"{flops['reduction_pct']:.1f}% less")
+          + (f"{flops['reduction_pct']:.1f}% less" if flops['reduction_pct'] >= 0 else
+             f"{-flops['reduction_pct']:.1f}% more (the auxiliary heads cost more than "
+             'pruning saved)'))
     print(f"tokens exited {exits}; reached the final stage: {flops['exit_pct'][-1]:.1f}%")
     print(f'saved {out_file}')
     result = dict(image=args.img, out_file=out_file, shape=list(image.shape[:2]), **flops)
@@ -197,4 +316,4 @@ def main(argv: Optional[List[str]] = None) -> dict:
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)
