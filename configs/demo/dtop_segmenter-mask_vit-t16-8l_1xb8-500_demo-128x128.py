@@ -1,6 +1,7 @@
 # Demo prune fine-tune (DToP) of the Segmenter demo BASE model (issue 10).
 #
-#   bash tools/dist_train_load.sh configs/demo/dtop_segmenter-mask_vit-t16-8l_1xb8-500_demo-128x128.py \
+#   bash tools/dist_train_load.sh \
+#       configs/demo/dtop_segmenter-mask_vit-t16-8l_1xb8-500_demo-128x128.py \
 #       work_dirs/demo_segmenter/dtop work_dirs/demo_segmenter/base/iter_2000.pth
 #
 # Schedule, data, runtime and p0 come from the SegViT demo prune config; the model

@@ -319,7 +319,8 @@ def test_vit_b_configs(kind):
 @pytest.mark.parametrize('kind', KINDS)
 def test_demo_configs(kind):
     base, prune = (Config.fromfile(osp.join(ROOT, p)) for p in DEMO[kind])
-    segvit = Config.fromfile(osp.join(ROOT, 'configs/demo/segvit_vit-t16-8l_1xb8-2k_demo-128x128.py'))
+    segvit = Config.fromfile(
+        osp.join(ROOT, 'configs/demo/segvit_vit-t16-8l_1xb8-2k_demo-128x128.py'))
     segvit_prune = Config.fromfile(
         osp.join(ROOT, 'configs/demo/dtop_segvit_vit-t16-8l_1xb8-500_demo-128x128.py'))
     assert _strip(base.model) == _strip(prune.model)  # the two copies agree
