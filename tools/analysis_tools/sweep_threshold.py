@@ -7,6 +7,12 @@ Writes ``sweep.csv``, ``sweep.md`` and ``sweep.png`` (mIoU vs GFLOPs per
 image, with and without the auxiliary heads, and mIoU vs measured seconds per
 image) to ``--work-dir``.
 
+Timing notices a busy machine (:mod:`dtop.utils.timing`): every row records the
+load average and the CPU share of other processes during its runs, and, with
+``--repeats N``, the median and spread of N timed runs; a row whose repeats
+disagree by more than ``--max-spread`` or that ran while other processes used
+the CPU gets a warning (printed, and listed under the table in ``sweep.md``).
+
 Example::
 
     python tools/analysis_tools/sweep_threshold.py CONFIG CKPT \\
@@ -31,19 +37,47 @@ if ROOT not in sys.path:
 COLUMNS = ['p0', 'mIoU', 'aAcc', 'GFLOPs_img', 'GFLOPs_img_std', 'GFLOPs_img_noaux',
            'GFLOPs_crop', 'GFLOPs_crop_noaux', 'GFLOPs_dense_img', 'GFLOPs_dense_crop',
            'GFLOPs_reduction_pct', 'GFLOPs_reduction_noaux_pct', 'exit_frac_s0',
-           'exit_frac_s1', 'active_frac_final', 's_per_img', 'num_images']
+           'exit_frac_s1', 'active_frac_final', 's_per_img', 's_per_img_spread',
+           'repeats', 'loadavg_1m', 'others_cpu_pct', 'num_images']
+
+
+def _p0(text: str):
+    """argparse type for one p0: a finite number (checked by validate_prune_threshold)."""
+    from dtop.models.pruning.options import validate_prune_threshold
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'--thresholds values must be numbers in [0, 1] (>= 1 disables pruning), '
+            f'got {text!r}') from None
+    try:
+        validate_prune_threshold(value, 2)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description='mIoU / GFLOPs / time vs p0')
     p.add_argument('config', help='config file')
     p.add_argument('checkpoint', help='checkpoint to evaluate')
-    p.add_argument('--thresholds', type=float, nargs='+', required=True,
+    p.add_argument('--thresholds', type=_p0, nargs='+', required=True,
                    help='p0 values (>= 1 disables pruning)')
+    p.add_argument('--repeats', type=int, default=1,
+                   help='timed runs per p0 (the median is reported, and their spread '
+                   'is checked); metrics come from the first run')
+    p.add_argument('--max-spread', type=float, default=None,
+                   help='warn when the repeats of a p0 disagree by more than this '
+                   'fraction (default: dtop.utils.timing.DEFAULT_MAX_SPREAD)')
+    p.add_argument('--allow-partial-load', action='store_true',
+                   help='use a checkpoint whose keys or shapes do not all match the '
+                   'config (default: stop with the first mismatches)')
     p.add_argument('--work-dir', default=None,
                    help='output folder (default: work_dirs/sweep_<config name>)')
     p.add_argument('--num-images', type=int, default=None,
                    help='evaluate only the first N test images (quick looks)')
+    p.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default=None,
+                   help='inference precision (autocast; default: the config\'s, fp32)')
     p.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                    help='override config settings (mmengine syntax)')
     return p.parse_args(argv)
@@ -109,12 +143,27 @@ class SweepIterTimer(Hook):
         self.images += len(outputs) if outputs is not None else 1
 
 
-def run_sweep(cfg, thresholds: List[float]) -> List[Dict[str, float]]:
-    """Evaluate every ``p0`` with one runner (the checkpoint is loaded once)."""
-    from mmengine.runner import Runner
+def run_sweep(cfg, thresholds: List[float], repeats: int = 1,
+              max_spread: Optional[float] = None) -> List[Dict[str, float]]:
+    """Evaluate every ``p0`` with one runner (the checkpoint is loaded once, strictly).
 
+    Args:
+        cfg: from :func:`prepare_cfg`.
+        thresholds (list[float]): p0 values.
+        repeats (int): timed runs per p0 (median reported, spread checked).
+        max_spread (float, optional): allowed relative spread of the repeats.
+
+    Returns:
+        list[dict]: one row per p0; ``warnings`` (list of str) where the timing may
+        be unreliable (busy machine, disagreeing repeats).
+    """
     import dtop.evaluation  # noqa: F401  (registers IoUFlopsMetric and the hook)
-    runner = Runner.from_cfg(cfg)
+    from dtop.engine import DToPRunner
+    from dtop.models.pruning.options import validate_prune_threshold
+    from dtop.utils.timing import DEFAULT_MAX_SPREAD, LoadMonitor, spread, warn_timing
+    if repeats < 1:
+        raise ValueError(f'--repeats must be >= 1, got {repeats}')
+    runner = DToPRunner.from_cfg(cfg)
     timer = SweepIterTimer()
     runner.register_hook(timer)
     model = getattr(runner.model, 'module', runner.model)
@@ -124,13 +173,28 @@ def run_sweep(cfg, thresholds: List[float]) -> List[Dict[str, float]]:
     num_stages = len(model.prune_threshold) + 1
     rows = []
     for p0 in thresholds:
-        model.prune_threshold = model._parse_thresholds(float(p0), num_stages)
-        timer.reset()
-        metrics = runner.test()
-        n = timer.images
-        row = dict(p0=float(p0), s_per_img=timer.total / max(n, 1), num_images=n)
+        model.prune_threshold = validate_prune_threshold(float(p0), num_stages)
+        times, metrics, n = [], None, 0
+        monitor = LoadMonitor()
+        for _ in range(repeats):
+            timer.reset()
+            result = runner.test()
+            metrics = metrics or result
+            n = timer.images
+            times.append(timer.total / max(n, 1))
+        load = monitor.stop()
+        s = spread(times)
+        row = dict(p0=float(p0), s_per_img=s['median'], s_per_img_spread=s['rel_spread'],
+                   repeats=repeats, num_images=n,
+                   loadavg_1m=load['loadavg_1m'] if load['loadavg_1m'] is not None
+                   else float('nan'),
+                   others_cpu_pct=100 * load['others_cpu_frac']
+                   if load['others_cpu_frac'] is not None else float('nan'))
         row.update({k: float(v) for k, v in metrics.items()
                     if isinstance(v, numbers.Number)})  # incl. numpy scalars
+        row['warnings'] = warn_timing(
+            times, load, what=f'p0 {p0:g}',
+            max_spread=DEFAULT_MAX_SPREAD if max_spread is None else max_spread)
         rows.append(row)
     return rows
 
@@ -152,6 +216,9 @@ def write_outputs(rows: List[Dict[str, float]], work_dir: str, title: str = '') 
 
     lines = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
     lines += ['| ' + ' | '.join(fmt(r.get(c, '')) for c in cols) + ' |' for r in rows]
+    notes = [w for r in rows for w in r.get('warnings', [])]
+    if notes:
+        lines += ['', '**Unreliable timing** (s_per_img):'] + [f'- {w}' for w in notes]
     with open(paths['md'], 'w') as f:
         f.write((f'{title}\n\n' if title else '') + '\n'.join(lines) + '\n')
 
@@ -204,10 +271,14 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, float]]:
         parser = argparse.ArgumentParser()
         parser.add_argument('--o', nargs='+', action=DictAction)
         cfg.merge_from_dict(parser.parse_args(['--o', *args.cfg_options]).o)
+    if args.precision is not None:
+        cfg.model.setdefault('test_cfg', {})['precision'] = args.precision
     work_dir = args.work_dir or osp.join(
         'work_dirs', 'sweep_' + osp.splitext(osp.basename(args.config))[0])
     cfg = prepare_cfg(cfg, args.checkpoint, work_dir, args.num_images)
-    rows = run_sweep(cfg, args.thresholds)
+    if args.allow_partial_load:
+        cfg.load_strict = False
+    rows = run_sweep(cfg, args.thresholds, args.repeats, args.max_spread)
     paths = write_outputs(rows, work_dir, title=f'{osp.basename(args.config)} '
                           f'({osp.basename(args.checkpoint)})')
     with open(paths['md']) as f:
@@ -217,4 +288,5 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, float]]:
 
 
 if __name__ == '__main__':
-    main()
+    from dtop.utils.errors import run_cli
+    run_cli(main)
