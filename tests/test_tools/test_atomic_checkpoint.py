@@ -7,7 +7,6 @@ truncated new one. Here DToPRunner's AtomicCheckpointHook is interrupted (an
 exception in-process at three points; a real SIGKILL in a subprocess) and a fresh
 runner resumes.
 """
-import copy
 import os
 import sys
 

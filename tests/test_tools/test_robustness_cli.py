@@ -2,7 +2,6 @@
 checkpoints that do not fit or cannot be read, bad data files, empty data roots,
 bad options, and test-time augmentation statistics. Every case must stop with a
 message naming the thing and the fix, or behave correctly."""
-import copy
 import importlib.util
 import os
 
