@@ -164,20 +164,26 @@ TTY=0; [[ -t 1 ]] && TTY=1
 say() { echo "$*"; }
 hms() { local s=$1; if (( s >= 60 )); then printf '%dm%02ds' $((s / 60)) $((s % 60)); else printf '%ds' "$s"; fi; }
 
-# `progress LOG` prints "done total eta secs_per_iter" from the last mmengine
-# iteration line of LOG (nothing when there is none yet).
+# `progress LOG` prints "done total eta secs_per_iter" from the last mmengine iteration
+# line of LOG: training lines when there are any (a training run also validates at its
+# end), else test/val lines; nothing when there is none yet. eta/time are "-" when the
+# line has none.
 progress() {
-  grep -aE 'Iter\((train|test|val)\) *\[ *[0-9]+/[0-9]+\]' "$1" 2>/dev/null | tail -1 | awk '{
+  local kind='train'
+  grep -aqE 'Iter\(train\) *\[' "$1" 2>/dev/null || kind='(test|val)'
+  grep -aE "Iter\\($kind\\) *\\[ *[0-9]+/[0-9]+\\]" "$1" 2>/dev/null | tail -1 | awk '{
     if (match($0, /\[ *[0-9]+\/[0-9]+\]/)) {
       s = substr($0, RSTART + 1, RLENGTH - 2); gsub(/ /, "", s); split(s, a, "/")
     } else exit
-    eta = "?"; t = ""
+    eta = "-"; t = "-"
     if (match($0, /eta: [0-9:]+( days?, [0-9:]+)?/)) eta = substr($0, RSTART + 5, RLENGTH - 5)
     gsub(/ /, "", eta)
     if (match($0, / time: [0-9.]+/)) t = substr($0, RSTART + 7, RLENGTH - 7)
     print a[1], a[2], eta, t
   }' || true
 }
+# `rate SECS_PER_ITER` prints ", x it/s" (nothing when unknown).
+rate() { awk -v t="$1" 'BEGIN { if (t != "-" && t > 0) printf ", %.2g it/s", 1 / t }'; }
 
 # `run_step NAME LABEL CMD...`: run CMD with its output in $LOGS/NAME.log.
 run_step() {
@@ -191,7 +197,7 @@ run_step() {
     return 0
   fi
   "$@" > "$log" 2>&1 &
-  local pid=$! line="" quarter=0 p it total eta spi rate
+  local pid=$! line="" quarter=0 p it total eta spi
   local ticks=0 last
   while kill -0 "$pid" 2>/dev/null; do
     sleep 1
@@ -208,9 +214,8 @@ run_step() {
       continue
     fi
     read -r it total eta spi <<< "$p"
-    rate=""
-    [[ -n "$spi" ]] && rate="$(awk -v t="$spi" 'BEGIN { if (t > 0) printf ", %.1f it/s", 1 / t }')"
-    line="$label: $it/$total$rate, ETA $eta"
+    line="$label: $it/$total$(rate "$spi")"
+    [[ "$eta" != - ]] && line+=", ETA $eta"
     if (( TTY )); then
       printf '\r\033[K%s' "$line"
     elif (( total > 0 && it * 4 >= (quarter + 1) * total && quarter < 3 )); then
@@ -228,9 +233,9 @@ run_step() {
   fi
   p="$(progress "$log")"
   if [[ -n "$p" ]]; then
+    # The step succeeded: all `total` iterations ran (the last logged line may be earlier).
     read -r it total eta spi <<< "$p"
-    rate="$(awk -v n="$it" -v s="$secs" 'BEGIN { if (s > 0) printf ", %.1f it/s overall", n / s }')"
-    say "$label: $it/$total in $(hms "$secs")$rate"
+    say "$label: $total/$total in $(hms "$secs")$(rate "$spi")"
   else
     say "$label: done in $(hms "$secs")"
   fi
