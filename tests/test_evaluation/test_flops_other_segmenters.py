@@ -123,3 +123,30 @@ def test_vit_b_ade_gflops():
     assert (out['setr'][1] - out['setr'][0]) * 1e9 == pytest.approx(setr_gap + 5 * 768)
     assert out['segmenter'][1] * 1e9 - out['segmenter'][0] * 1e9 == pytest.approx(5 * 768)
     print(out)
+
+
+@pytest.mark.parametrize('kind', ['setr'])  # Segmenter's path: test above + ViT-B run
+def test_get_flops_tool_prints_mmseg_dense_next_to_ours(kind, tmp_path):
+    """tools/analysis_tools/get_flops.py on a demo config: both models counted."""
+    import importlib.util
+    import json
+    path = osp.join(ROOT, 'tools', 'analysis_tools', 'get_flops.py')
+    spec = importlib.util.spec_from_file_location('tool_get_flops', path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    name = dict(setr='setr-naive', segmenter='segmenter-mask')[kind]
+    config = osp.join(ROOT, 'configs', 'demo', f'{name}_vit-t16-8l_1xb8-2k_demo-128x128.py')
+    res = tool.main([config, '--out', str(tmp_path / 'flops.json')])
+    for k, v in res['analytic'].items():
+        assert res['library'][k] == pytest.approx(v, rel=1e-9), k
+    mm = json.loads((tmp_path / 'flops.json').read_text())['mmseg']
+    for k, v in mm['analytic'].items():
+        assert mm['library'][k] == pytest.approx(v, rel=1e-9), k
+    key = 'backbone + final head  [inference at p0 = 1]'
+    assert mm['ours'][key] == pytest.approx(
+        res['library']['backbone + final head  [README BASE convention]'])
+    if kind == 'segmenter':
+        assert mm['ours'][key] == pytest.approx(mm['library'][key], abs=1e-5)
+    else:
+        assert mm['ours'][key] < mm['library'][key]
+        assert len([k for k in mm['library'] if k.startswith('auxiliary_head')]) == 3
