@@ -260,3 +260,16 @@ def test_tta_gflops_are_the_sum_over_passes(tiny, tmp_path):
         assert tta[key] == pytest.approx(2 * plain[key], rel=1e-3), key
     assert tta['crops_per_img'] == 2 * plain['crops_per_img']
     assert tta['GFLOPs_crop'] == pytest.approx(plain['GFLOPs_crop'], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_dist_train_load_with_a_base_that_does_not_fit_fails(tiny, tmp_path):
+    """The launcher itself: non-zero exit, the one-line reason, no checkpoint written."""
+    from _tiny_runs import run_launcher
+    work = tmp_path / 'ft'
+    proc = run_launcher('dist_train_load.sh', [tiny['config'], work, tiny['wide'],
+                                               '--cfg-options',
+                                               'train_dataloader.num_workers=0'])
+    assert proc.returncode != 0
+    assert f"error: checkpoint {tiny['wide']} does not fit the model" in proc.stdout
+    assert not list(work.glob('*.pth'))
