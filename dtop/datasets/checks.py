@@ -217,7 +217,7 @@ def build_checked_dataset(dataset_cfg: dict, split: str):
     where = ', '.join(f'{k}={dataset_cfg.get(k)!r}' for k in
                       ('type', 'data_root', 'data_prefix', 'ann_file', 'img_suffix')
                       if dataset_cfg.get(k))
-    key = 'train_dataloader' if split == 'train' else 'val_dataloader / test_dataloader'
+    opt = _root_option(split)
     try:
         dataset = DATASETS.build(dataset_cfg)
         if hasattr(dataset, 'full_init'):
@@ -231,7 +231,7 @@ def build_checked_dataset(dataset_cfg: dict, split: str):
         raise DataError(
             f'the {split} dataset cannot be read: {exc.strerror or exc}: '
             f'{exc.filename or ""} ({where}). Point data_root at the prepared dataset '
-            f'(--cfg-options {key}.dataset.data_root=PATH) or prepare the data '
+            f'(--cfg-options {opt}) or prepare the data '
             '(tools/dataset_converters/, or `python -m dtop.datasets.demo_generator` for '
             'the demo).') from exc
     check_not_empty(dataset, split)
@@ -252,12 +252,20 @@ def check_not_empty(dataset, split: str) -> None:
                                    getattr(inner, 'data_root', None)))
 
 
+def _root_option(split: str) -> str:
+    """The ``--cfg-options`` setting that points ``split`` at another data root."""
+    if split == 'train':
+        return 'train_dataloader.dataset.data_root=PATH'
+    return ('test_dataloader.dataset.data_root=PATH; val_dataloader.dataset.data_root=PATH '
+            'for validation')
+
+
 def _empty_message(split: str, where: str, root: Optional[str]) -> str:
     exists = f' (the folder {root} does not exist)' if root and not osp.isdir(root) else ''
-    key = 'train_dataloader' if split == 'train' else 'val_dataloader / test_dataloader'
+    opt = _root_option(split)
     return (f'the {split} dataset is empty: no sample found for {where}{exists}. Point '
-            f'data_root at the prepared dataset (--cfg-options {key}.dataset.data_root='
-            'PATH), check the image/annotation suffixes and folders, or prepare the data '
+            f'data_root at the prepared dataset (--cfg-options {opt}), check the '
+            'image/annotation suffixes and folders, or prepare the data '
             '(tools/dataset_converters/, or `python -m dtop.datasets.demo_generator` for '
             'the demo).')
 

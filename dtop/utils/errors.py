@@ -24,6 +24,10 @@ class DataError(DToPUserError, ValueError):
     """A dataset sample (image / annotation) or a data root is unusable."""
 
 
+class OptionError(DToPUserError, ValueError):
+    """An option (config key, command-line value) is invalid."""
+
+
 def run_cli(main: Callable, *args, **kwargs):
     """Run a tool's ``main``; print :class:`DToPUserError` as one line, exit 1.
 

@@ -8,6 +8,8 @@ import math
 import numbers
 from typing import List, Optional, Sequence, Union
 
+from dtop.utils.errors import OptionError
+
 ThresholdValue = Union[None, float, Sequence[Optional[float]]]
 
 
@@ -27,27 +29,27 @@ def _check_one(v, where: str, whole) -> Optional[float]:
             hint = ' (it looks like a number: write it without quotes)'
         except ValueError:
             pass
-        raise ValueError(
+        raise OptionError(
             f'prune_threshold{where}: got the string {v!r}{hint}; expected a number in '
             f'[0, 1] (>= 1 or None disables pruning at that stage). Whole value: '
             f'{whole!r}. Example: --cfg-options model.prune_threshold=0.9 or '
             f'model.prune_threshold="[0.9,0.95]".')
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise ValueError(
+        raise OptionError(
             f'prune_threshold{where}: got {_describe(v)}; expected a number in [0, 1] '
             f'(>= 1 or None disables pruning at that stage).')
     f = float(v)
     if math.isnan(f):
-        raise ValueError(
+        raise OptionError(
             f'prune_threshold{where}: got nan; a NaN threshold would silently disable '
             'pruning (every comparison with it is False). Use a number in [0, 1], or '
             '1.0 / None to disable pruning.')
     if math.isinf(f):
-        raise ValueError(
+        raise OptionError(
             f'prune_threshold{where}: got {f}; expected a finite number in [0, 1] '
             '(1.0 or None disables pruning at that stage).')
     if f < 0:
-        raise ValueError(
+        raise OptionError(
             f'prune_threshold{where}: got {f}, a negative threshold; expected a number '
             'in [0, 1] (>= 1 or None disables pruning at that stage).')
     return None if f >= 1 else f
@@ -70,31 +72,31 @@ def validate_prune_threshold(value: ThresholdValue, num_stages: int) -> List[Opt
         does not prune, else a float in ``[0, 1)``.
 
     Raises:
-        ValueError: naming the offending value and what is expected, for strings
-            (including what mmengine's ``DictAction`` leaves for
-            ``model.prune_threshold=abc``: the string ``'abc'``), bools, NaN,
+        OptionError: a ``ValueError`` naming the offending value and what is
+            expected, for strings (including what mmengine's ``DictAction`` leaves
+            for ``model.prune_threshold=abc``: the string ``'abc'``), bools, NaN,
             infinities, negative numbers, other types, and lists of the wrong
             length.
     """
     if isinstance(num_stages, bool) or not isinstance(num_stages, int) or num_stages < 1:
-        raise ValueError(f'num_stages must be an int >= 1, got {num_stages!r}.')
+        raise OptionError(f'num_stages must be an int >= 1, got {num_stages!r}.')
     aux = num_stages - 1
     if value is None or isinstance(value, (str, bytes, numbers.Number)):
         return [_check_one(value, '', value)] * aux
     if isinstance(value, (dict, set)):
-        raise ValueError(f'prune_threshold: got {_describe(value)}; expected a number, '
+        raise OptionError(f'prune_threshold: got {_describe(value)}; expected a number, '
                          'None, or a list of numbers.')
     if not isinstance(value, (list, tuple)):
         try:  # numpy arrays, torch tensors, ...
             value = list(value)
         except TypeError:
-            raise ValueError(f'prune_threshold: got {_describe(value)}; expected a number, '
+            raise OptionError(f'prune_threshold: got {_describe(value)}; expected a number, '
                              'None, or a list of numbers.') from None
     values = list(value)
     if len(values) == num_stages:
         values = values[:-1]  # the final stage's threshold has no effect
     if len(values) != aux:
-        raise ValueError(
+        raise OptionError(
             f'prune_threshold: got {len(values)} values {list(value)!r} for a model with '
             f'{num_stages} stages; give one number for all auxiliary stages, or '
             f'{aux} values (one per auxiliary stage)'
