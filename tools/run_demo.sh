@@ -241,7 +241,7 @@ run_step() {
   fi
 }
 
-CORES="$(nproc 2>/dev/null || echo 1)"
+CORES="$(getconf _NPROCESSORS_ONLN 2>/dev/null || nproc)"
 LOAD="$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo 0)"
 say "run_demo: model $MODEL, work dir $WORK, full logs in $LOGS/ (-v to show them)"
 say "run_demo: $CORES CPU cores, load average $LOAD; ~10-15 min on 2 idle cores$(awk -v l="$LOAD" -v c="$CORES" 'BEGIN { if (l > 0.5 * c) printf " — the CPU is busy, expect longer" }')"
