@@ -61,8 +61,10 @@ def test_image_demo_any_size(tmp_path, checkpoint, h, w):
     assert k == -(-demo.MIN_RENDER_SIDE // min(h, w))
     assert drawn.shape[1] == 2 * w * k + 4 and drawn.shape[0] > h * k
     assert res['shape'] == [h, w]
-    n_win_h = max(h - 128 + 95, 0) // 96 + 1
-    n_win_w = max(w - 128 + 95, 0) // 96 + 1
+    test_cfg = Config.fromfile(PRUNE_CFG).model.test_cfg  # slide windows of the config
+    (ch, cw), (sh, sw) = test_cfg.crop_size, test_cfg.stride
+    n_win_h = max(h - ch + sh - 1, 0) // sh + 1
+    n_win_w = max(w - cw + sw - 1, 0) // sw + 1
     assert res['num_crops'] == n_win_h * n_win_w
     assert sum(res['exit_pct']) == pytest.approx(100.0)
     assert res['exit_pct'][0] > 0, 'p0 = 0.2 should let tokens exit early'
