@@ -67,19 +67,15 @@ def _test(tiny, tmp_path, *extra, config=None, ckpt=None):
 
 # ------------------------------------------------------------------ checkpoints
 def test_test_py_refuses_a_checkpoint_of_another_width(tiny, tmp_path, capsys):
-    with pytest.raises(CheckpointMismatchError) as info:
-        _test(tiny, tmp_path, ckpt=tiny['wide'])
-    msg = str(info.value)
-    assert f"checkpoint {tiny['wide']} does not fit the model" in msg
-    assert 'shape mismatches (checkpoint vs model): backbone.' in msg
-    assert '[64]' in msg and '--allow-partial-load' in msg
-    # as a command: one line, exit 1, no traceback
+    # as a command: one line naming the file, the first mismatches and the fix; exit 1
     with pytest.raises(SystemExit) as exit_info:
         run_cli(test_tool.main, [tiny['config'], tiny['wide'], '--work-dir',
                                  str(tmp_path / 't2')])
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
-    assert err.startswith('error: checkpoint ') and 'Traceback' not in err
+    assert err.startswith(f"error: checkpoint {tiny['wide']} does not fit the model")
+    assert 'shape mismatches (checkpoint vs model): backbone.' in err
+    assert '[64]' in err and '--allow-partial-load' in err and 'Traceback' not in err
 
 
 def test_partial_load_is_an_explicit_opt_in(tiny, tmp_path):
@@ -145,16 +141,34 @@ def _labels_out_of_range(data):
     return path, r'label values \[199\] after reduce_zero_label .* outside \[0, 150\)'
 
 
+def _load_every_sample(cfg_path):
+    """Iterate the test dataloader as DToPRunner builds it (no model needed)."""
+    from dtop.engine import DToPRunner
+    cfg = Config.fromfile(cfg_path)
+    init_default_scope('mmseg')
+    for _ in DToPRunner.build_dataloader(cfg.test_dataloader):
+        pass
+
+
 @pytest.mark.parametrize('damage', [_zero_byte_image, _annotation_of_another_size,
                                     _rgba_annotation, _labels_out_of_range])
 def test_bad_sample_is_named(tiny, tmp_path, damage):
     data, cfg = _copy_data(tiny, tmp_path)
     path, reason = damage(data)
     with pytest.raises(DataError, match=reason) as info:
-        _test(tiny, tmp_path, config=cfg)
+        _load_every_sample(cfg)
     msg = str(info.value)
     assert 'img_1.jpg' in msg and 'img_1.png' in msg  # the image and its annotation
     assert 'tools/misc/check_dataset.py' in msg
+
+
+def test_labels_out_of_range_stop_tools_test_py(tiny, tmp_path):
+    """End to end: no longer silently scored (mIoU 59.68 -> 43.20 with exit 0)."""
+    data, cfg = _copy_data(tiny, tmp_path)
+    _labels_out_of_range(data)
+    with pytest.raises(DataError, match=r'img_1.jpg \(annotation .*img_1.png\): label '
+                                        r'values \[199\]'):
+        _test(tiny, tmp_path, config=cfg)
 
 
 def test_one_pixel_image_is_named(tiny, tmp_path):
@@ -166,23 +180,27 @@ def test_one_pixel_image_is_named(tiny, tmp_path):
     cv2.imwrite(str(data / 'annotations' / 'validation' / 'img_1.png'),
                 np.full((1, 1), 2, np.uint8))
     with pytest.raises(DataError, match=r'img_1.png is 1x1 px: label maps need at least 2 px'):
-        _test(tiny, tmp_path, config=cfg)
+        _load_every_sample(cfg)
 
 
 def test_empty_data_root_is_named(tiny, tmp_path):
     empty = tmp_path / 'empty_root'
     empty.mkdir()
+    cfg = tmp_path / 'empty.py'
+    cfg.write_text(f"_base_ = [{tiny['config']!r}]\n"
+                   f"test_dataloader = dict(dataset=dict(data_root={str(empty)!r}))\n")
     with pytest.raises(DataError) as info:
-        _test(tiny, tmp_path, '--cfg-options', f'test_dataloader.dataset.data_root={empty}')
+        _load_every_sample(str(cfg))
     msg = str(info.value)
     assert msg.startswith('the val dataset cannot be read: No such file or directory: '
                           f'{empty}/images/validation')
     assert f"data_root='{empty}'" in msg and 'dataset.data_root=PATH' in msg
-    # the folders exist but hold no image
+    # the folders exist but hold no image (mmengine: "need at least one array to
+    # concatenate")
     for sub in ('images/validation', 'annotations/validation'):
         (empty / sub).mkdir(parents=True)
     with pytest.raises(DataError) as info:
-        _test(tiny, tmp_path, '--cfg-options', f'test_dataloader.dataset.data_root={empty}')
+        _load_every_sample(str(cfg))
     msg = str(info.value)
     assert msg.startswith("the val dataset is empty: no sample found for type='ADE20KDataset'")
     assert f"data_root='{empty}'" in msg and 'dataset.data_root=PATH' in msg
