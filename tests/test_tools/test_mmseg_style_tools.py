@@ -190,10 +190,14 @@ def test_browse_dataset_train_split(demo_run, tmp_path, capsys):
     res = tool.main([str(demo_run['config']), '--output-dir', str(out), '--num', '3'])
     pics = sorted(out.glob('*.png'))
     assert [p.name[:6] for p in pics] == ['00000_', '00001_', '00002_']
-    crop = 128  # the demo training crop: image | separator | image with labels
-    for p in pics:
-        assert cv2.imread(str(p)).shape == (crop, 2 * crop + 4, 3)
-    assert sum(res['pixels'].values()) + res['ignored'] == 3 * crop * crop
+    crop = Config.fromfile(str(demo_run['config'])).model.data_preprocessor.size
+    pixels = 0
+    for p in pics:  # image | 4-pixel separator | image with labels, at most one crop
+        h, w, c = cv2.imread(str(p)).shape
+        assert c == 3 and (w - 4) % 2 == 0
+        assert 0 < h <= crop[0] and 0 < (w - 4) // 2 <= crop[1]
+        pixels += h * (w - 4) // 2
+    assert sum(res['pixels'].values()) + res['ignored'] == pixels
     assert res['out_of_range'] == 0
     assert 'pixels per class' in capsys.readouterr().out
 
