@@ -93,6 +93,19 @@ def test_prune_finetune_base_that_does_not_fit_stops_before_training(tiny, tmp_p
     assert not [n for n in os.listdir(work) if n.endswith('.pth')]
 
 
+def test_resume_from_a_checkpoint_that_does_not_fit_stops(tiny, tmp_path):
+    import shutil
+    work = tmp_path / 'run'
+    work.mkdir()
+    shutil.copy(tiny['wide'], work / 'iter_2.pth')
+    (work / 'last_checkpoint').write_text(str(work / 'iter_2.pth'))
+    with pytest.raises(CheckpointMismatchError, match='iter_2.pth does not fit the model'):
+        train_tool.main([tiny['config'], '--work-dir', str(work), '--resume',
+                         '--cfg-options', 'train_dataloader.num_workers=0'])
+    assert sorted(n for n in os.listdir(work) if n.endswith('.pth')) == ['iter_2.pth']
+    assert (work / 'last_checkpoint').read_text() == str(work / 'iter_2.pth')
+
+
 def test_truncated_checkpoint_is_named(tiny, tmp_path):
     bad = tmp_path / 'cut.pth'
     with open(tiny['ckpt'], 'rb') as f:
