@@ -299,6 +299,19 @@ def real_crops(cfg, model, num_crops: int, device: str) -> Tensor:
 # ---------------------------------------------------------------- timing
 
 
+def cpu_name() -> str:
+    """The CPU model (from ``/proc/cpuinfo``, else ``platform.processor()``)."""
+    import platform
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or 'CPU'
+
+
 def _sync(device: str) -> None:
     if str(device).startswith('cuda'):
         torch.cuda.synchronize()
@@ -349,6 +362,8 @@ def run_benchmark(model, crops: Tensor, batch_sizes: Sequence[int],
 
     from dtop.evaluation.flops import DToPCostDims, dense_flops, model_flops
     from dtop.models.packing import Segments, select_attention_backend
+    from dtop.models.pruning.options import validate_prune_threshold
+    from dtop.utils.timing import LoadMonitor, spread, warn_timing
     from dtop.models.segmentors.dtop_encoder_decoder import PRECISIONS
     variants = list(variants)
     for v in variants:
@@ -390,7 +405,7 @@ def run_benchmark(model, crops: Tensor, batch_sizes: Sequence[int],
             if keep_ratio is not None:
                 force_keep_ratio(model, keep_ratio, exit_by, keep_jitter, seed)
             elif threshold is not None:
-                model.prune_threshold = model._parse_thresholds(
+                model.prune_threshold = validate_prune_threshold(
                     threshold if len(threshold) > 1 else threshold[0], S)
 
     def forward(variant, x):
@@ -415,6 +430,7 @@ def run_benchmark(model, crops: Tensor, batch_sizes: Sequence[int],
             batches = [crops[i:i + bs] for i in range(0, len(crops), bs)]
             times = {v: [] for v in variants}
             cpu_times = {v: [] for v in variants}
+            monitor = LoadMonitor()
             counts = {v: [] for v in variants}
             with torch.inference_mode():
                 for v in variants:  # warm-up
@@ -443,8 +459,10 @@ def run_benchmark(model, crops: Tensor, batch_sizes: Sequence[int],
                             counts[v] = batch_counts
                         if bar:  # outside the timed region
                             bar.update(len(crops))
+            load = monitor.stop()
             for v in variants:
                 med = statistics.median(times[v])
+                warnings = warn_timing(times[v], load, what=f'batch {bs}, {v}')
                 if counts[v] and counts[v][0] is not None:
                     c = torch.cat(counts[v]).cpu().numpy().astype(np.float64)
                     hr = heads_run.get(v) or None
@@ -469,6 +487,8 @@ def run_benchmark(model, crops: Tensor, batch_sizes: Sequence[int],
                                  gflops_executed=float(executed.mean() / 1e9),
                                  cpu_crop_s=statistics.median(cpu_times[v]) / len(crops),
                                  keep_frac=keep, times_s=times[v], cpu_times_s=cpu_times[v],
+                                 spread=spread(times[v])['rel_spread'], load=load,
+                                 timing_warnings=warnings,
                                  num_crops=len(crops), crop_shape=list(crop_shape)))
             ref = next((r for r in rows if r['batch_size'] == bs
                         and split(r['variant'])[0] == 'dense'), None)
@@ -524,7 +544,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
                          args.warmup, args.keep_ratio, args.exit_by, args.keep_jitter,
                          args.threshold, args.seed, precision=args.precision)
     device = (torch.cuda.get_device_name(args.device) if args.device.startswith('cuda')
-              else f'CPU, {torch.get_num_threads()} threads')
+              else f'{cpu_name()}, {torch.get_num_threads()} threads')
     print(f'config: {args.config}  checkpoint: {args.checkpoint or "random init"}')
     print(f'device: {device}; torch {torch.__version__}; {num_crops} real crops '
           f'{tuple(crops.shape[-2:])}; median of {args.repeats} repeats; '
@@ -533,6 +553,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
                          if args.keep_ratio else
                          f'prune_threshold {args.threshold or model.prune_threshold}'))
     print(format_rows(rows))
+    notes = [w for r in rows for w in r['timing_warnings']]
+    if notes:
+        print('UNRELIABLE TIMING (the machine was busy or the repeats disagree):')
+        for w in notes:
+            print('  - ' + w)
     result = dict(config=args.config, checkpoint=args.checkpoint, device=device,
                   torch=torch.__version__, args=vars(args), rows=rows)
     if args.out:

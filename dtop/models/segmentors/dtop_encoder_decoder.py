@@ -34,6 +34,7 @@ from torch import Tensor
 from ..backbones.dtop_vit import CLS_POS
 from ..decode_heads.stage_head import HeadOutput, is_stage_head
 from ..packing import Segments
+from ..pruning.options import validate_prune_threshold
 from ..pruning.rule import select_exits_packed
 from ..utils import grid_to_pixels
 
@@ -141,7 +142,7 @@ class DToPEncoderDecoder(EncoderDecoder):
                 raise ValueError('all heads need the same num_classes; head '
                                  f'{i} has {head.num_classes}, the decode head '
                                  f'{self.decode_head.num_classes}.')
-        self.prune_threshold = self._parse_thresholds(prune_threshold, num_stages)
+        self.prune_threshold = validate_prune_threshold(prune_threshold, num_stages)
         if not isinstance(keep_topk_per_class, int) or keep_topk_per_class < 0:
             raise ValueError(f'keep_topk_per_class must be an int >= 0, got '
                              f'{keep_topk_per_class!r}.')
@@ -166,25 +167,6 @@ class DToPEncoderDecoder(EncoderDecoder):
         silently skips them, leaving PyTorch's default init)."""
         if auxiliary_head:
             self.auxiliary_head = ModuleList(MODELS.build(cfg) for cfg in auxiliary_head)
-
-    @staticmethod
-    def _parse_thresholds(value, num_stages: int) -> List[Optional[float]]:
-        if value is None or isinstance(value, (int, float)):
-            values = [value] * (num_stages - 1)
-        else:
-            values = list(value)
-            if len(values) == num_stages:
-                values = values[:-1]  # the final stage's threshold has no effect
-            if len(values) != num_stages - 1:
-                raise ValueError(f'prune_threshold needs {num_stages - 1} values (one per '
-                                 f'auxiliary stage), got {list(value)}.')
-        out = []
-        for v in values:
-            if v is not None and (not isinstance(v, (int, float)) or v < 0):
-                raise ValueError(f'prune_threshold values must be numbers in [0, 1] '
-                                 f'(>= 1 or None disables pruning), got {v!r}.')
-            out.append(None if v is None or v >= 1 else float(v))
-        return out
 
     @property
     def stage_heads(self) -> list:
