@@ -13,9 +13,9 @@ Attention over packed tokens has several backends (:func:`packed_attention`):
 * ``'dense'``  — all images have the same length: a plain batched SDPA (no mask);
 * ``'varlen'`` — CUDA variable-length FlashAttention (``torch.nn.attention.varlen``);
 * ``'nested'`` — CUDA nested-jagged SDPA, where varlen is missing;
-* ``'loop'``   — one SDPA per image (CPU default for small batches);
+* ``'loop'``   — one SDPA per image (CPU default for ≤ 2 images or long sequences);
 * ``'padded'`` — scatter q/k/v into ``(B, max n)`` with a key-padding mask (CPU
-  default for larger batches: one kernel, the padding waste is limited to the
+  default for many short sequences: one kernel, the padding waste is limited to the
   attention products).
 
 :func:`select_attention_backend` picks one from the device, dtype and what the
@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 ATTENTION_BACKENDS = ('auto', 'dense', 'varlen', 'nested', 'loop', 'padded')
+#: on CPU, images with at least this many tokens run one attention kernel each
+LOOP_MIN_TOKENS = 256
 
 
 @dataclass
@@ -160,8 +162,12 @@ def select_attention_backend(device_type: str, dtype: torch.dtype, segments: Seg
         if has_varlen and half and dropout == 0.0:
             return 'varlen'
         return 'nested' if dropout == 0.0 else 'padded'
-    # CPU: a few images → one kernel each; many → a single padded kernel.
-    return 'loop' if segments.batch_size <= 2 else 'padded'
+    # CPU: a few images, or images long enough that one kernel per image costs
+    # nothing extra → exact per-image kernels; many short images → one padded
+    # kernel (fewer dispatches; the padding only touches the attention products).
+    if segments.batch_size <= 2 or segments.max_len >= LOOP_MIN_TOKENS:
+        return 'loop'
+    return 'padded'
 
 
 def packed_attention(q: Tensor, k: Tensor, v: Tensor, segments: Segments,

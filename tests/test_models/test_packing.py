@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dtop.models.packing import (Segments, drop_path_packed, packed_attention,
-                                 select_attention_backend)
+from dtop.models.packing import (LOOP_MIN_TOKENS, Segments, drop_path_packed,
+                                 packed_attention, select_attention_backend)
 
 
 def test_segments_bookkeeping_and_pad_roundtrip():
@@ -60,9 +60,12 @@ def test_select_attention_backend_rules():
     # equal lengths: one plain batched kernel, on any device
     assert sel('cpu', torch.float32, uniform) == 'dense'
     assert sel('cuda', torch.bfloat16, uniform, has_varlen=True) == 'dense'
-    # CPU: loop for a couple of images, padded kernel for more
+    # CPU: loop for a couple of images or long sequences, padded kernel for many
+    # short ones
     assert sel('cpu', torch.float32, small) == 'loop'
     assert sel('cpu', torch.float32, ragged) == 'padded'
+    long = Segments.from_lengths([LOOP_MIN_TOKENS, 5, 9], 'cpu')
+    assert sel('cpu', torch.float32, long) == 'loop'
     # CUDA: varlen FlashAttention for half precision when torch has it ...
     assert sel('cuda', torch.bfloat16, ragged, has_varlen=True) == 'varlen'
     assert sel('cuda', torch.float16, ragged, has_varlen=True) == 'varlen'
