@@ -90,6 +90,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out', help='write the results as JSON here')
+    p.add_argument('--allow-partial-load', action='store_true',
+                   help='time a checkpoint whose keys or shapes do not all match the '
+                   'model (default: stop with the first mismatches)')
     p.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                    help='override config settings (mmengine syntax)')
     return p.parse_args(argv)
@@ -228,12 +231,12 @@ def load_cfg(config: str, cfg_options: Optional[List[str]] = None):
     return cfg
 
 
-def build_model(cfg, checkpoint: Optional[str], device: str):
+def build_model(cfg, checkpoint: Optional[str], device: str,
+                allow_partial_load: bool = False):
     """Build ``cfg.model`` in eval mode: checkpoint weights, or ``init_weights`` (random;
     pretrained-weight downloads are switched off either way)."""
     import copy
 
-    from mmengine.runner import load_checkpoint
     from mmseg.registry import MODELS
     model_cfg = copy.deepcopy(cfg.model)
     model_cfg.pop('pretrained', None)
@@ -242,11 +245,12 @@ def build_model(cfg, checkpoint: Optional[str], device: str):
     model = MODELS.build(model_cfg)
     if checkpoint:
         from dtop.utils import allow_full_checkpoint_unpickling
+        from dtop.utils.checkpoint import load_checkpoint_strict
 
         # mmengine checkpoints need full unpickling under torch >= 2.6 (trusted files
         # only; see dtop/utils/checkpoint.py).
         allow_full_checkpoint_unpickling()
-        load_checkpoint(model, checkpoint, map_location='cpu')
+        load_checkpoint_strict(model, checkpoint, strict=not allow_partial_load)
     else:
         model.init_weights()
     return model.to(device).eval()
@@ -532,7 +536,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     cfg = load_cfg(args.config, args.cfg_options)
-    model = build_model(cfg, args.checkpoint, args.device)
+    model = build_model(cfg, args.checkpoint, args.device, args.allow_partial_load)
     batch_sizes = args.batch_sizes or sorted({1, args.batch_size})
     num_crops = args.num_crops or max(batch_sizes)
     if num_crops % max(batch_sizes):
@@ -567,4 +571,5 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
 
 
 if __name__ == '__main__':
-    main()
+    from dtop.utils.errors import run_cli
+    run_cli(main)

@@ -13,7 +13,8 @@ image's sequence, attends and is attended to in every layer, and is never pruned
 heads read the patch tokens only (:meth:`head_tokens`), with ``final_norm`` applied
 to the tokens the final head reads, exactly where mmseg's dense ViT applies it.
 """
-from typing import List, Optional, Sequence, Tuple
+import math
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -111,6 +112,29 @@ class DToPVisionTransformer(VisionTransformer):
                              f'last layer ({num_layers - 1}); got {out_indices}.')
         self.out_indices = resolved
         self.attention_backend = attention_backend
+
+    def init_weights(self) -> None:
+        """mmseg's init; an ImageNet ``init_cfg=Pretrained`` load (an expected partial
+        load: the checkpoint has no heads, maybe no cls/pos slots of this size) logs
+        one summary of what was not loaded instead of mmengine's unbounded list."""
+        cfg = self.init_cfg
+        if not (isinstance(cfg, dict) and cfg.get('type') == 'Pretrained'):
+            return super().init_weights()
+        from mmengine.runner.checkpoint import CheckpointLoader
+
+        from dtop.utils.checkpoint import summarize_partial_load
+        ckpt = CheckpointLoader.load_checkpoint(cfg['checkpoint'], logger=None,
+                                                map_location='cpu')
+        state_dict = dict(ckpt.get('state_dict', ckpt))
+        pos = state_dict.get('pos_embed')
+        if pos is not None and pos.shape != self.pos_embed.shape:
+            side = int(math.sqrt(pos.shape[1] - 1))  # checkpoints hold a square grid
+            state_dict['pos_embed'] = self.resize_pos_embed(
+                pos, (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size),
+                (side, side), self.interpolate_mode)
+        summarize_partial_load(self, state_dict, f'ImageNet weights {cfg["checkpoint"]}')
+        self.load_state_dict(state_dict, strict=False)
+        self._is_init = True
 
     @property
     def stage_ranges(self) -> List[Tuple[int, int]]:
