@@ -48,14 +48,14 @@ set -euo pipefail
 # ------------------------------------------------------------- model -> configs
 # BASE config and prune config of each demo model (configs/demo/).
 declare -A BASE_CONFIGS=(
-  [segvit]=configs/demo/segvit_vit-t16-8l_1xb8-2k_demo-128x128.py
-  [setr]=configs/demo/setr-naive_vit-t16-8l_1xb8-2k_demo-128x128.py
-  [segmenter]=configs/demo/segmenter-mask_vit-t16-8l_1xb8-2k_demo-128x128.py
+  [segvit]=configs/demo/segvit_vit-t16-8l_1xb4-2k_demo-192x192.py
+  [setr]=configs/demo/setr-naive_vit-t16-8l_1xb4-2k_demo-192x192.py
+  [segmenter]=configs/demo/segmenter-mask_vit-t16-8l_1xb4-2k_demo-192x192.py
 )
 declare -A DTOP_CONFIGS=(
-  [segvit]=configs/demo/dtop_segvit_vit-t16-8l_1xb8-500_demo-128x128.py
-  [setr]=configs/demo/dtop_setr-naive_vit-t16-8l_1xb8-500_demo-128x128.py
-  [segmenter]=configs/demo/dtop_segmenter-mask_vit-t16-8l_1xb8-500_demo-128x128.py
+  [segvit]=configs/demo/dtop_segvit_vit-t16-8l_1xb4-500_demo-192x192.py
+  [setr]=configs/demo/dtop_setr-naive_vit-t16-8l_1xb4-500_demo-192x192.py
+  [segmenter]=configs/demo/dtop_segmenter-mask_vit-t16-8l_1xb4-500_demo-192x192.py
 )
 MODEL_NAMES="segvit, setr, segmenter"
 MARKER=.dtop-demo

@@ -1,15 +1,15 @@
 # Demo prune fine-tune (DToP) of the SETR-naive demo BASE model (issue 10).
 #
-#   bash tools/dist_train_load.sh configs/demo/dtop_setr-naive_vit-t16-8l_1xb8-500_demo-128x128.py \
+#   bash tools/dist_train_load.sh configs/demo/dtop_setr-naive_vit-t16-8l_1xb4-500_demo-192x192.py \
 #       work_dirs/demo_setr/dtop work_dirs/demo_setr/base/iter_2000.pth
 #
 # Schedule, data, runtime and p0 come from the SegViT demo prune config; the model
 # is the SETR-naive demo BASE model (same definition as
-# setr-naive_vit-t16-8l_1xb8-2k_demo-128x128.py; tests/test_models/
+# setr-naive_vit-t16-8l_1xb4-2k_demo-192x192.py; tests/test_models/
 # test_other_segmenters.py checks that the two stay identical) with pruning live:
 # after each of the three auxiliary heads, tokens whose softmax confidence is > p0
 # exit, except the k most confident per class.
-_base_ = ['./dtop_segvit_vit-t16-8l_1xb8-500_demo-128x128.py']
+_base_ = ['./dtop_segvit_vit-t16-8l_1xb4-500_demo-192x192.py']
 
 __bb = _base_.model.backbone
 __L = __bb.num_layers

@@ -1,6 +1,6 @@
 # Demo prune fine-tune (DToP) of the demo BASE model, sized for 2 CPU cores.
 #
-#   bash tools/dist_train_load.sh configs/demo/dtop_segvit_vit-t16-8l_1xb8-500_demo-128x128.py \
+#   bash tools/dist_train_load.sh configs/demo/dtop_segvit_vit-t16-8l_1xb4-500_demo-192x192.py \
 #       work_dirs/demo/dtop work_dirs/demo/base/iter_2000.pth
 #
 # Same model as the BASE config with pruning live (spec §2): after each auxiliary
@@ -9,7 +9,7 @@
 # ADE20K-sized models; the demo's small model trained for minutes is less
 # confident). A short fine-tune at a lower lr teaches the later stages to work on
 # the pruned token sets; PruneStatsHook logs the exit fractions while it runs.
-_base_ = ['./segvit_vit-t16-8l_1xb8-2k_demo-128x128.py']
+_base_ = ['./segvit_vit-t16-8l_1xb4-2k_demo-192x192.py']
 
 model = dict(prune_threshold=0.8, keep_topk_per_class=5)
 

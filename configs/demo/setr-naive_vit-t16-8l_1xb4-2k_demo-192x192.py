@@ -9,7 +9,7 @@
 # the demo's 8 layers: 1/3/5/7), each closed by SETR's own 1x1 naive head
 # (DToPSETRUPHead: LN -> 1x1 conv + BN + ReLU -> x4 upsample -> conv_seg, computed
 # token-wise). Plain BN: the demo runs one process on CPU.
-_base_ = ['./segvit_vit-t16-8l_1xb8-2k_demo-128x128.py']
+_base_ = ['./segvit_vit-t16-8l_1xb4-2k_demo-192x192.py']
 
 __bb = _base_.model.backbone
 __L = __bb.num_layers
