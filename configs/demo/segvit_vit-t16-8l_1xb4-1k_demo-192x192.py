@@ -1,7 +1,7 @@
 # Demo BASE model (no pruning) on the embedded synthetic dataset, sized for 2 CPU cores.
 #
 #   python -m dtop.datasets.demo_generator --out data/demo      # the data (seconds)
-#   bash tools/dist_train.sh configs/demo/segvit_vit-t16-8l_1xb4-2k_demo-192x192.py \
+#   bash tools/dist_train.sh configs/demo/segvit_vit-t16-8l_1xb4-1k_demo-192x192.py \
 #       work_dirs/demo/base
 #
 # DToP's 3-head SegViT, shrunk: a ViT with embed 192, 8 layers, 3 attention heads,
@@ -114,7 +114,7 @@ model = dict(
 
 # ------------------------------------------------------------------------- schedule
 # From scratch, so a much larger lr than the paper's fine-tuning 2e-5 (heads x1).
-__max_iters = 2000
+__max_iters = 1000
 __warmup_iters = 100
 optim_wrapper = dict(
     type='OptimWrapper',
