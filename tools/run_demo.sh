@@ -33,8 +33,8 @@
 #
 # Environment knobs:
 #   GPUS=N                 processes for training/testing (default 1; CPU uses gloo)
-#   DEMO_BASE_ITERS=N      override the BASE iterations (config: 1000)
-#   DEMO_PRUNE_ITERS=N     override the prune fine-tune iterations (config: 300)
+#   DEMO_BASE_ITERS=N      override the BASE iterations (config: 2000)
+#   DEMO_PRUNE_ITERS=N     override the prune fine-tune iterations (config: 500)
 #   DEMO_NUM_TRAIN/VAL=N   dataset size (default 400 / 80); DEMO_DATA=dir (data/demo)
 #   DEMO_SKIP_SETUP=1      do not run tools/setup_env.sh
 #   DEMO_REUSE=1           reuse the checkpoints of an earlier run in WORK_DIR instead of
@@ -48,14 +48,14 @@ set -euo pipefail
 # ------------------------------------------------------------- model -> configs
 # BASE config and prune config of each demo model (configs/demo/).
 declare -A BASE_CONFIGS=(
-  [segvit]=configs/demo/segvit_vit-t16-8l_1xb4-1k_demo-192x192.py
-  [setr]=configs/demo/setr-naive_vit-t16-8l_1xb4-1k_demo-192x192.py
-  [segmenter]=configs/demo/segmenter-mask_vit-t16-8l_1xb4-1k_demo-192x192.py
+  [segvit]=configs/demo/segvit_vit-t16-8l_1xb8-2k_demo-128x128.py
+  [setr]=configs/demo/setr-naive_vit-t16-8l_1xb8-2k_demo-128x128.py
+  [segmenter]=configs/demo/segmenter-mask_vit-t16-8l_1xb8-2k_demo-128x128.py
 )
 declare -A DTOP_CONFIGS=(
-  [segvit]=configs/demo/dtop_segvit_vit-t16-8l_1xb4-300_demo-192x192.py
-  [setr]=configs/demo/dtop_setr-naive_vit-t16-8l_1xb4-300_demo-192x192.py
-  [segmenter]=configs/demo/dtop_segmenter-mask_vit-t16-8l_1xb4-300_demo-192x192.py
+  [segvit]=configs/demo/dtop_segvit_vit-t16-8l_1xb8-500_demo-128x128.py
+  [setr]=configs/demo/dtop_setr-naive_vit-t16-8l_1xb8-500_demo-128x128.py
+  [segmenter]=configs/demo/dtop_segmenter-mask_vit-t16-8l_1xb8-500_demo-128x128.py
 )
 MODEL_NAMES="segvit, setr, segmenter"
 MARKER=.dtop-demo

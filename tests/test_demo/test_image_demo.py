@@ -14,7 +14,7 @@ from dtop.datasets import DEMO_CLASSES, DEMO_PALETTE
 from dtop.datasets.demo_generator import generate_scene
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-PRUNE_CFG = osp.join(ROOT, 'configs/demo/dtop_segvit_vit-t16-8l_1xb4-300_demo-192x192.py')
+PRUNE_CFG = osp.join(ROOT, 'configs/demo/dtop_segvit_vit-t16-8l_1xb8-500_demo-128x128.py')
 
 
 def _load_demo_module():

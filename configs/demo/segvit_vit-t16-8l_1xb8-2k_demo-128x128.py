@@ -1,17 +1,15 @@
 # Demo BASE model (no pruning) on the embedded synthetic dataset, sized for 2 CPU cores.
 #
 #   python -m dtop.datasets.demo_generator --out data/demo      # the data (seconds)
-#   bash tools/dist_train.sh configs/demo/segvit_vit-t16-8l_1xb4-1k_demo-192x192.py \
+#   bash tools/dist_train.sh configs/demo/segvit_vit-t16-8l_1xb8-2k_demo-128x128.py \
 #       work_dirs/demo/base
 #
 # DToP's 3-head SegViT, shrunk: a ViT with embed 192, 8 layers, 3 attention heads,
 # patch 16, trained from scratch (no ImageNet weights can be downloaded here), and
 # three ATM prune heads (d = 96, 3 attention heads, 2 decoder layers) after 0-based
 # layers [2, 5, 7], i.e. stages of 3 / 3 / 2 layers (ViT-L's split is 8 / 8 / 8 of 24).
-# 192x192 crops give a 12x12 token grid (enough tokens per crop that the work pruning
-# saves outweighs its fixed per-stage costs, even at batch 1; batch 4 x 192^2 costs
-# about what batch 8 x 128^2 did); testing is slide inference (192, stride 128) at
-# each image's own size. `bash tools/run_demo.sh` runs BASE -> prune -> tests.
+# 128x128 crops give an 8x8 token grid; testing is slide inference (128, stride 96)
+# at each image's own size. `bash tools/run_demo.sh` runs BASE -> prune -> tests.
 _base_ = ['../_base_/default_runtime.py']
 
 # `import dtop` (custom_imports of the runtime base) registers DToPDemoDataset,
@@ -20,7 +18,7 @@ _base_ = ['../_base_/default_runtime.py']
 # ----------------------------------------------------------------------------- data
 dataset_type = 'DToPDemoDataset'
 data_root = 'data/demo'
-crop_size = (192, 192)
+crop_size = (128, 128)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),  # reduce_zero_label comes from the dataset (True)
@@ -36,7 +34,7 @@ test_pipeline = [
     dict(type='PackSegInputs'),
 ]
 train_dataloader = dict(
-    batch_size=4,
+    batch_size=8,
     num_workers=1,
     persistent_workers=True,
     sampler=dict(type='InfiniteSampler', shuffle=True),
@@ -110,11 +108,11 @@ model = dict(
     prune_threshold=1.0,  # BASE: no pruning
     keep_topk_per_class=5,
     train_cfg=dict(),
-    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(128, 128), crop_batch_size=16))
+    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(96, 96), crop_batch_size=16))
 
 # ------------------------------------------------------------------------- schedule
 # From scratch, so a much larger lr than the paper's fine-tuning 2e-5 (heads x1).
-__max_iters = 1000
+__max_iters = 2000
 __warmup_iters = 100
 optim_wrapper = dict(
     type='OptimWrapper',

@@ -1,7 +1,7 @@
 # Demo prune fine-tune (DToP) of the demo BASE model, sized for 2 CPU cores.
 #
-#   bash tools/dist_train_load.sh configs/demo/dtop_segvit_vit-t16-8l_1xb4-300_demo-192x192.py \
-#       work_dirs/demo/dtop work_dirs/demo/base/iter_1000.pth
+#   bash tools/dist_train_load.sh configs/demo/dtop_segvit_vit-t16-8l_1xb8-500_demo-128x128.py \
+#       work_dirs/demo/dtop work_dirs/demo/base/iter_2000.pth
 #
 # Same model as the BASE config with pruning live (spec §2): after each auxiliary
 # head, tokens whose confidence max_c P_c * sigmoid(A) is > p0 exit, except the
@@ -9,12 +9,12 @@
 # ADE20K-sized models; the demo's small model trained for minutes is less
 # confident). A short fine-tune at a lower lr teaches the later stages to work on
 # the pruned token sets; PruneStatsHook logs the exit fractions while it runs.
-_base_ = ['./segvit_vit-t16-8l_1xb4-1k_demo-192x192.py']
+_base_ = ['./segvit_vit-t16-8l_1xb8-2k_demo-128x128.py']
 
 model = dict(prune_threshold=0.8, keep_topk_per_class=5)
 
-__max_iters = 300
-__warmup_iters = 30
+__max_iters = 500
+__warmup_iters = 50
 optim_wrapper = dict(optimizer=dict(lr=2e-4))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=__warmup_iters),
