@@ -69,6 +69,9 @@ def demo_run(tmp_path_factory):
     })
     cfg.work_dir = str(tmp / 'work')
     cfg.experiment_name = 'mmseg_tools_demo'
+    # mmengine keeps one Visualizer per name and process: an earlier in-process
+    # Runner's instance would write the scalar log into that run's folder.
+    cfg.visualizer.name = f'mmseg_tools_demo_{tmp.name}'
     runner = Runner.from_cfg(copy.deepcopy(cfg))
     runner.train()
     test_metrics = runner.test()
