@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from dtop.models.pruning import compact, select_exits, token_scores
+from dtop.models.pruning import select_exits, select_exits_packed, token_scores
 
 
 def reference_exits(scores, threshold, k, valid=None):
@@ -82,11 +82,16 @@ def test_selection_has_no_gradient():
     assert not select_exits(scores, 0.2, 1).requires_grad
 
 
-def test_compact_moves_kept_slots_first_in_order():
-    keep = torch.tensor([[True, False, True, True, False],
-                         [False, False, True, False, False]])
-    order, valid = compact(keep)
-    assert order.shape == (2, 3)
-    assert order[0].tolist() == [0, 2, 3]
-    assert order[1, 0].item() == 2
-    assert valid.tolist() == [[True, True, True], [True, False, False]]
+def test_packed_selection_equals_the_rule_per_image():
+    """select_exits_packed on a ragged packed batch (one image empty) == select_exits
+    on each image alone."""
+    from dtop.models.packing import Segments
+    g = torch.Generator().manual_seed(7)
+    lengths = [9, 0, 14, 5]
+    segs = Segments.from_lengths(lengths, 'cpu')
+    scores = torch.rand(segs.total, 4, generator=g) ** 0.3
+    exits = select_exits_packed(scores, segs, 0.6, 2)
+    assert exits.shape == (segs.total, ) and exits.any() and not exits.all()
+    for part, ex in zip(segs.split(scores), segs.split(exits)):
+        if len(part):
+            assert torch.equal(ex, select_exits(part.t()[None], 0.6, 2)[0])

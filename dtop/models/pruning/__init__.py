@@ -1,3 +1,3 @@
-from .rule import class_presence, compact, select_exits, token_scores
+from .rule import class_presence, select_exits, select_exits_packed, token_scores
 
-__all__ = ['class_presence', 'compact', 'select_exits', 'token_scores']
+__all__ = ['class_presence', 'select_exits', 'select_exits_packed', 'token_scores']

@@ -8,7 +8,7 @@ active (they keep context); every other candidate exits, permanently.
 
 Everything here is batched: no Python loop over images or classes.
 """
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -99,23 +99,3 @@ def select_exits_packed(scores: Tensor, segments, threshold: float,
     padded = segments.pad(scores, value=float('-inf')).transpose(1, 2)  # (B, Q, n)
     valid = None if segments.is_uniform else segments.valid_mask()
     return segments.unpad(select_exits(padded, threshold, keep_topk, valid))
-
-
-def compact(keep: Tensor) -> Tuple[Tensor, Tensor]:
-    """Order that moves each image's kept slots to the front.
-
-    Args:
-        keep (Tensor): ``(B, n)`` bool, slots that stay.
-
-    Returns:
-        tuple: ``order`` ``(B, n_new)`` long indices into the ``n`` slots (kept
-        slots first, in their original order) and ``valid`` ``(B, n_new)`` bool,
-        False for padding slots. ``n_new`` is the largest kept count in the
-        batch.
-    """
-    counts = keep.sum(dim=1)
-    n_new = int(counts.max()) if keep.numel() else 0
-    # Stable sort of "not kept" puts kept slots first, preserving their order.
-    order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :n_new]
-    valid = torch.arange(n_new, device=keep.device).unsqueeze(0) < counts.unsqueeze(1)
-    return order, valid
