@@ -9,8 +9,8 @@ without the auxiliary heads, and the dense model on the same crops) are printed.
 Examples::
 
     python demo/image_demo.py data/demo/images/validation/demo_validation_00000.jpg \\
-        configs/demo/dtop_segvit_vit-t16-8l_1xb8-500_demo-128x128.py \\
-        work_dirs/demo/dtop/iter_500.pth --out-file exit_demo.png
+        configs/demo/dtop_segvit_vit-t16-8l_1xb8-100_demo-128x128.py \\
+        work_dirs/demo/dtop/iter_100.pth --out-file exit_demo.png
     # another p0 at test time (one value for all auxiliary stages, or one each)
     python demo/image_demo.py photo.jpg CONFIG CKPT --threshold 0.8
 

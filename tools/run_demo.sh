@@ -33,29 +33,30 @@
 #
 # Environment knobs:
 #   GPUS=N                 processes for training/testing (default 1; CPU uses gloo)
-#   DEMO_BASE_ITERS=N      override the BASE iterations (config: 2000)
-#   DEMO_PRUNE_ITERS=N     override the prune fine-tune iterations (config: 500)
+#   DEMO_BASE_ITERS=N      override the BASE iterations (config: 1200)
+#   DEMO_PRUNE_ITERS=N     override the prune fine-tune iterations (config: 100)
 #   DEMO_NUM_TRAIN/VAL=N   dataset size (default 400 / 80); DEMO_DATA=dir (data/demo)
 #   DEMO_SKIP_SETUP=1      do not run tools/setup_env.sh
 #   DEMO_REUSE=1           reuse the checkpoints of an earlier run in WORK_DIR instead of
 #                          training (stops with a message when one is missing)
-#   DEMO_BENCH_CROPS=N     crops timed by the benchmark (default 64; 0 skips it)
+#   DEMO_BENCH_CROPS=N     validation images timed by the benchmark (default 16; 0 skips it)
+#   DEMO_SHOW_EVERY=N      paint the exit map of every N-th validation image (default 10)
 #   DEMO_P0=x              p0 of the DToP model for its fine-tune, test and benchmark
-#                          (config: 0.8)
+#                          (config: 0.95)
 #   DEMO_CONTROL=0         skip the fair control (saves ~2 minutes)
 set -euo pipefail
 
 # ------------------------------------------------------------- model -> configs
 # BASE config and prune config of each demo model (configs/demo/).
 declare -A BASE_CONFIGS=(
-  [segvit]=configs/demo/segvit_vit-t16-8l_1xb8-2k_demo-128x128.py
-  [setr]=configs/demo/setr-naive_vit-t16-8l_1xb8-2k_demo-128x128.py
-  [segmenter]=configs/demo/segmenter-mask_vit-t16-8l_1xb8-2k_demo-128x128.py
+  [segvit]=configs/demo/segvit_vit-t16-8l_1xb8-1200_demo-128x128.py
+  [setr]=configs/demo/setr-naive_vit-t16-8l_1xb8-1200_demo-128x128.py
+  [segmenter]=configs/demo/segmenter-mask_vit-t16-8l_1xb8-1200_demo-128x128.py
 )
 declare -A DTOP_CONFIGS=(
-  [segvit]=configs/demo/dtop_segvit_vit-t16-8l_1xb8-500_demo-128x128.py
-  [setr]=configs/demo/dtop_setr-naive_vit-t16-8l_1xb8-500_demo-128x128.py
-  [segmenter]=configs/demo/dtop_segmenter-mask_vit-t16-8l_1xb8-500_demo-128x128.py
+  [segvit]=configs/demo/dtop_segvit_vit-t16-8l_1xb8-100_demo-128x128.py
+  [setr]=configs/demo/dtop_setr-naive_vit-t16-8l_1xb8-100_demo-128x128.py
+  [segmenter]=configs/demo/dtop_segmenter-mask_vit-t16-8l_1xb8-100_demo-128x128.py
 )
 MODEL_NAMES="segvit, setr, segmenter"
 MARKER=.dtop-demo
@@ -99,7 +100,8 @@ fi
 DATA="${DEMO_DATA:-data/demo}"
 NUM_TRAIN="${DEMO_NUM_TRAIN:-400}"
 NUM_VAL="${DEMO_NUM_VAL:-80}"
-BENCH_CROPS="${DEMO_BENCH_CROPS:-64}"
+BENCH_CROPS="${DEMO_BENCH_CROPS:-16}"
+SHOW_EVERY="${DEMO_SHOW_EVERY:-10}"
 REUSE="${DEMO_REUSE:-0}"
 CONTROL="${DEMO_CONTROL:-1}"
 if [[ "$MODEL" == segvit ]]; then UPDATE_RES="${DEMO_UPDATE_RESOURCES:-1}"; else UPDATE_RES=0; fi
@@ -334,7 +336,7 @@ rm -rf "$WORK/test_dtop/show"
 DTOP_TEST_OPTS=("${DATA_OPTS[@]}" "${P0_OPTS[@]}")
 run_step test_dtop "[5/7] test DToP (+ exit maps)" \
   env PORT="$(free_port)" bash tools/dist_test.sh "$DTOP_CFG" "$DTOP_CKPT" \
-  --work-dir "$WORK/test_dtop" --show-dir "$WORK/test_dtop/show" \
+  --work-dir "$WORK/test_dtop" --show-dir "$WORK/test_dtop/show" --show-interval "$SHOW_EVERY" \
   $(opts_flag DTOP_TEST_OPTS) "${DTOP_TEST_OPTS[@]}"
 
 mkdir -p "$WORK/exit_maps"
@@ -351,7 +353,7 @@ BENCH_ARGS=()
 if (( BENCH_CROPS > 0 )); then
   run_step benchmark "[6/7] speed: dense vs pruned on $BENCH_CROPS crops" \
     "$PY" tools/analysis_tools/benchmark.py "$DTOP_CFG" "$DTOP_CKPT" --variants dense pruned \
-    --batch-sizes 1 16 --num-crops "$BENCH_CROPS" --repeats 3 --out "$WORK/benchmark.json" \
+    --batch-sizes 1 16 --num-crops "$BENCH_CROPS" --repeats 3 --threads 1 --out "$WORK/benchmark.json" \
     $(opts_flag DTOP_TEST_OPTS) "${DTOP_TEST_OPTS[@]}"
   BENCH_ARGS=(--benchmark "$WORK/benchmark.json")
 else
@@ -365,7 +367,7 @@ say ""
   "${REPORT_ARGS[@]}" "${BENCH_ARGS[@]}" --out "$WORK/report.md" \
   || fail "the report failed (python tools/analysis_tools/demo_report.py, see above)"
 say ""
-PICK="$WORK/exit_maps/demo_validation_00000.png"
+PICK="$(find "$WORK/exit_maps" -name '*.png' | sort | head -n 1)"
 if [[ "$UPDATE_RES" != 0 && -f "$PICK" ]]; then
   mkdir -p resources
   cp "$PICK" resources/demo_exit_map.png

@@ -46,6 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help='directory where painted images (ground truth | prediction) of every '
         'test image are saved, under SHOW_DIR/vis_data/vis_image/')
     parser.add_argument(
+        '--show-interval', type=int, default=1, metavar='N',
+        help='with --show/--show-dir: paint every N-th test image (default: every one)')
+    parser.add_argument(
         '--wait-time', type=float, default=2, help='the interval of show (s)')
     parser.add_argument(
         '--cfg-options',
@@ -81,7 +84,10 @@ def trigger_visualization_hook(cfg: Config, args: argparse.Namespace) -> Config:
             "default_hooks = dict(visualization=dict(type='SegVisualizationHook')).")
     hook = default_hooks['visualization']
     hook['draw'] = True
-    hook['interval'] = 1  # every test image (mmseg's hook defaults to every 50th)
+    # every N-th test image (default every one; mmseg's hook defaults to every 50th)
+    if getattr(args, 'show_interval', 1) < 1:
+        raise ValueError(f'--show-interval must be >= 1, got {args.show_interval}')
+    hook['interval'] = getattr(args, 'show_interval', 1)
     if args.show:
         hook['show'] = True
         hook['wait_time'] = args.wait_time

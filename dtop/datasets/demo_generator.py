@@ -3,14 +3,15 @@
 The scenes are built so that token pruning has something to show:
 
 * every class has its own colour *and* texture statistics, plus sensor noise;
-* four pairs of classes share the same colour distribution and differ only in
+* four pairs of classes have the same hue (the second 25 % darker) and differ in
   texture (``sky``/``water``, ``grass``/``tree``, ``sand``/``field``,
-  ``road``/``wall``), so they are confusable from colour alone;
+  ``road``/``wall``), so colour alone is unreliable for them;
 * a scene is a horizon (sky above a ground class) plus objects of varied shape
   (ellipses, rectangles, polygons, blobs) and size, so large uniform regions are
   easy (their tokens should exit early) while boundaries, small objects and
   confusable neighbours are hard;
-* image sizes vary and are mostly not square.
+* images are 256x320 (H x W) by default, so that whole-image inference can
+  batch them (``--height-range`` / ``--width-range`` draw varied sizes).
 
 The layout follows ADE20K in mmseg: ``images/{training,validation}/*.jpg`` and
 ``annotations/{training,validation}/*.png``. Annotation value ``0`` means
@@ -27,6 +28,7 @@ Command line::
         [--num-train 400] [--num-val 80] [--seed 0]
 """
 import argparse
+import multiprocessing
 import os
 import os.path as osp
 import time
@@ -37,13 +39,18 @@ import numpy as np
 
 from .demo_meta import CONFUSABLE_PAIRS, DEMO_CLASSES, DEMO_PALETTE  # noqa: F401
 
-#: Mean RGB colour of each class in the images.
-CLASS_COLORS: Dict[str, Tuple[int, int, int]] = {
-    'sky': (120, 165, 220), 'water': (120, 165, 220),
-    'grass': (80, 145, 60), 'tree': (80, 145, 60),
-    'sand': (205, 185, 135), 'field': (205, 185, 135),
-    'road': (115, 115, 118), 'wall': (115, 115, 118),
-    'building': (170, 95, 75), 'snow': (236, 238, 244)}
+#: Mean RGB colour of each class in the images. The second class of each
+#: :data:`CONFUSABLE_PAIRS` pair has its twin's hue, 25 % darker (:data:`TWIN_SHADE`):
+#: close enough that illumination and per-region jitter make colour alone unreliable,
+#: far enough that a small model trained for minutes learns the pairs.
+TWIN_SHADE = 0.75
+_BASE_COLORS: Dict[str, Tuple[int, int, int]] = {
+    'sky': (120, 165, 220), 'grass': (80, 145, 60), 'sand': (205, 185, 135),
+    'road': (115, 115, 118), 'building': (170, 95, 75), 'snow': (236, 238, 244)}
+CLASS_COLORS: Dict[str, Tuple[int, int, int]] = dict(
+    _BASE_COLORS,
+    **{b: tuple(int(round(TWIN_SHADE * c)) for c in _BASE_COLORS[a])
+       for a, b in CONFUSABLE_PAIRS})
 
 #: Ground classes a horizon can stand on.
 GROUND_CLASSES: Tuple[str, ...] = ('water', 'grass', 'sand', 'field', 'road', 'snow')
@@ -51,8 +58,8 @@ GROUND_CLASSES: Tuple[str, ...] = ('water', 'grass', 'sand', 'field', 'road', 's
 SPLITS: Dict[str, str] = {'train': 'training', 'val': 'validation'}
 
 #: Default size range (height, width) of the generated images.
-DEFAULT_HEIGHT_RANGE: Tuple[int, int] = (160, 256)
-DEFAULT_WIDTH_RANGE: Tuple[int, int] = (192, 320)
+DEFAULT_HEIGHT_RANGE: Tuple[int, int] = (256, 256)
+DEFAULT_WIDTH_RANGE: Tuple[int, int] = (320, 320)
 
 
 # --------------------------------------------------------------------- textures
@@ -288,7 +295,8 @@ def generate_split(out_dir: str,
                    seed: int = 0,
                    height_range: Sequence[int] = DEFAULT_HEIGHT_RANGE,
                    width_range: Sequence[int] = DEFAULT_WIDTH_RANGE,
-                   jpeg_quality: int = 95) -> List[str]:
+                   jpeg_quality: int = 95,
+                   workers: int = 1) -> List[str]:
     """Write one split of the dataset.
 
     Args:
@@ -299,6 +307,8 @@ def generate_split(out_dir: str,
         height_range (Sequence[int]): inclusive ``(min, max)`` image height.
         width_range (Sequence[int]): inclusive ``(min, max)`` image width.
         jpeg_quality (int): JPEG quality of the images.
+        workers (int): processes drawing images in parallel (same files for any
+            number).
 
     Returns:
         list[str]: the base names written (without suffix).
@@ -315,18 +325,28 @@ def generate_split(out_dir: str,
     ann_dir = osp.join(out_dir, 'annotations', sub)
     os.makedirs(img_dir, exist_ok=True)
     os.makedirs(ann_dir, exist_ok=True)
-    names = []
-    for i in range(num_images):
-        rng = _split_rng(seed, split, i)
-        h = int(rng.integers(height_range[0], height_range[1] + 1))
-        w = int(rng.integers(width_range[0], width_range[1] + 1))
-        image, label = generate_scene(rng, h, w)
-        name = f'demo_{sub}_{i:05d}'
-        cv2.imwrite(osp.join(img_dir, name + '.jpg'), image[..., ::-1],
-                    [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
-        cv2.imwrite(osp.join(ann_dir, name + '.png'), label)
-        names.append(name)
-    return names
+    jobs = [(out_dir, split, i, seed, tuple(height_range), tuple(width_range),
+             int(jpeg_quality)) for i in range(num_images)]
+    if workers > 1 and num_images > 1:
+        # Every image has its own random stream: the files do not depend on workers.
+        with multiprocessing.get_context('fork').Pool(workers) as pool:
+            return pool.map(_write_image, jobs, chunksize=8)
+    return [_write_image(job) for job in jobs]
+
+
+def _write_image(job: tuple) -> str:
+    """Draw and write image ``i`` of a split; returns its base name."""
+    out_dir, split, i, seed, height_range, width_range, jpeg_quality = job
+    sub = SPLITS[split]
+    rng = _split_rng(seed, split, i)
+    h = int(rng.integers(height_range[0], height_range[1] + 1))
+    w = int(rng.integers(width_range[0], width_range[1] + 1))
+    image, label = generate_scene(rng, h, w)
+    name = f'demo_{sub}_{i:05d}'
+    cv2.imwrite(osp.join(out_dir, 'images', sub, name + '.jpg'), image[..., ::-1],
+                [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+    cv2.imwrite(osp.join(out_dir, 'annotations', sub, name + '.png'), label)
+    return name
 
 
 def generate_demo_dataset(out_dir: str,
@@ -335,7 +355,8 @@ def generate_demo_dataset(out_dir: str,
                           seed: int = 0,
                           height_range: Sequence[int] = DEFAULT_HEIGHT_RANGE,
                           width_range: Sequence[int] = DEFAULT_WIDTH_RANGE,
-                          verbose: bool = False) -> Dict[str, List[str]]:
+                          verbose: bool = False,
+                          workers: int = 1) -> Dict[str, List[str]]:
     """Write the whole demo dataset (train and val splits).
 
     Existing files with the same names are overwritten; others are left alone.
@@ -348,12 +369,15 @@ def generate_demo_dataset(out_dir: str,
         height_range (Sequence[int]): inclusive ``(min, max)`` image height.
         width_range (Sequence[int]): inclusive ``(min, max)`` image width.
         verbose (bool): print a one-line summary.
+        workers (int): processes drawing images in parallel (same files for any
+            number).
 
     Returns:
         dict: ``{'train': [...], 'val': [...]}`` base names per split.
     """
     t0 = time.time()
-    out = {split: generate_split(out_dir, split, n, seed, height_range, width_range)
+    out = {split: generate_split(out_dir, split, n, seed, height_range, width_range,
+                                 workers=workers)
            for split, n in (('train', num_train), ('val', num_val))}
     if verbose:
         print(f'demo dataset: {num_train} train + {num_val} val images, '
@@ -373,13 +397,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         default=list(DEFAULT_HEIGHT_RANGE), metavar=('MIN', 'MAX'))
     parser.add_argument('--width-range', type=int, nargs=2,
                         default=list(DEFAULT_WIDTH_RANGE), metavar=('MIN', 'MAX'))
+    parser.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1),
+                        help='processes drawing images in parallel (the files do not '
+                        'depend on it; default: up to 4, one per CPU core)')
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     generate_demo_dataset(args.out, args.num_train, args.num_val, args.seed,
-                          args.height_range, args.width_range, verbose=True)
+                          args.height_range, args.width_range, verbose=True,
+                          workers=args.workers)
 
 
 if __name__ == '__main__':

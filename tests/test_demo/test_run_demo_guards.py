@@ -84,10 +84,10 @@ def test_unknown_model_and_missing_demo_config(tmp_path):
     fake = tmp_path / 'checkout'
     (fake / 'tools').mkdir(parents=True)
     shutil.copy(SCRIPT, fake / 'tools' / 'run_demo.sh')
-    for model, cfg in (('segvit', 'configs/demo/segvit_vit-t16-8l_1xb8-2k_demo-128x128.py'),
-                       ('setr', 'configs/demo/setr-naive_vit-t16-8l_1xb8-2k_demo-128x128.py'),
+    for model, cfg in (('segvit', 'configs/demo/segvit_vit-t16-8l_1xb8-1200_demo-128x128.py'),
+                       ('setr', 'configs/demo/setr-naive_vit-t16-8l_1xb8-1200_demo-128x128.py'),
                        ('segmenter',
-                        'configs/demo/segmenter-mask_vit-t16-8l_1xb8-2k_demo-128x128.py')):
+                        'configs/demo/segmenter-mask_vit-t16-8l_1xb8-1200_demo-128x128.py')):
         proc = run_demo('--model', model, script=fake / 'tools' / 'run_demo.sh')
         assert proc.returncode == 1
         assert f'--model {model}: config {cfg} not found' in proc.stderr, proc.stderr
@@ -102,8 +102,8 @@ def test_default_work_dir_is_per_model(model, work, tmp_path):
     fake = tmp_path / 'checkout'
     (fake / 'tools').mkdir(parents=True)
     shutil.copy(SCRIPT, fake / 'tools' / 'run_demo.sh')
-    for cfg in ('setr-naive_vit-t16-8l_1xb8-2k', 'dtop_setr-naive_vit-t16-8l_1xb8-500',
-                'segmenter-mask_vit-t16-8l_1xb8-2k', 'dtop_segmenter-mask_vit-t16-8l_1xb8-500'):
+    for cfg in ('setr-naive_vit-t16-8l_1xb8-1200', 'dtop_setr-naive_vit-t16-8l_1xb8-100',
+                'segmenter-mask_vit-t16-8l_1xb8-1200', 'dtop_segmenter-mask_vit-t16-8l_1xb8-100'):
         path = fake / 'configs' / 'demo' / f'{cfg}_demo-128x128.py'
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text('# placeholder\n')

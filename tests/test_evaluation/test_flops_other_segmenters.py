@@ -135,7 +135,7 @@ def test_get_flops_tool_prints_mmseg_dense_next_to_ours(kind, tmp_path):
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     name = dict(setr='setr-naive', segmenter='segmenter-mask')[kind]
-    config = osp.join(ROOT, 'configs', 'demo', f'{name}_vit-t16-8l_1xb8-2k_demo-128x128.py')
+    config = osp.join(ROOT, 'configs', 'demo', f'{name}_vit-t16-8l_1xb8-1200_demo-128x128.py')
     res = tool.main([config, '--out', str(tmp_path / 'flops.json')])
     for k, v in res['analytic'].items():
         assert res['library'][k] == pytest.approx(v, rel=1e-9), k

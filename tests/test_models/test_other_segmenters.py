@@ -277,10 +277,10 @@ VIT_B = {
                   'configs/dtop/dtop_segmenter-mask_vit-b16_4xb4-40k_ade20k-512x512.py'),
 }
 DEMO = {
-    'setr': ('configs/demo/setr-naive_vit-t16-8l_1xb8-2k_demo-128x128.py',
-             'configs/demo/dtop_setr-naive_vit-t16-8l_1xb8-500_demo-128x128.py'),
-    'segmenter': ('configs/demo/segmenter-mask_vit-t16-8l_1xb8-2k_demo-128x128.py',
-                  'configs/demo/dtop_segmenter-mask_vit-t16-8l_1xb8-500_demo-128x128.py'),
+    'setr': ('configs/demo/setr-naive_vit-t16-8l_1xb8-1200_demo-128x128.py',
+             'configs/demo/dtop_setr-naive_vit-t16-8l_1xb8-100_demo-128x128.py'),
+    'segmenter': ('configs/demo/segmenter-mask_vit-t16-8l_1xb8-1200_demo-128x128.py',
+                  'configs/demo/dtop_segmenter-mask_vit-t16-8l_1xb8-100_demo-128x128.py'),
 }
 
 
@@ -320,9 +320,9 @@ def test_vit_b_configs(kind):
 def test_demo_configs(kind):
     base, prune = (Config.fromfile(osp.join(ROOT, p)) for p in DEMO[kind])
     segvit = Config.fromfile(
-        osp.join(ROOT, 'configs/demo/segvit_vit-t16-8l_1xb8-2k_demo-128x128.py'))
+        osp.join(ROOT, 'configs/demo/segvit_vit-t16-8l_1xb8-1200_demo-128x128.py'))
     segvit_prune = Config.fromfile(
-        osp.join(ROOT, 'configs/demo/dtop_segvit_vit-t16-8l_1xb8-500_demo-128x128.py'))
+        osp.join(ROOT, 'configs/demo/dtop_segvit_vit-t16-8l_1xb8-100_demo-128x128.py'))
     assert _strip(base.model) == _strip(prune.model)  # the two copies agree
     # everything but the model comes from the SegViT demo configs
     for mine, theirs in ((base, segvit), (prune, segvit_prune)):

@@ -155,6 +155,34 @@ def test_force_keep_ratio_counts_and_dense_references(tiny_setup):
         bench.force_keep_ratio(model, [0.5, 0.5, 0.5])
 
 
+def test_benchmark_units_are_slide_windows_or_whole_images(tiny_setup, capsys):
+    bench = load_tool('benchmark')
+    init_default_scope('mmseg')
+    cfg = bench.load_cfg(tiny_setup['config'])
+    model = bench.build_model(cfg, tiny_setup['ckpt'], 'cpu')
+    images = []  # the test images as the model's data preprocessor gives them
+    from mmengine.runner import Runner
+    loader = Runner.build_dataloader(dict(cfg.test_dataloader, num_workers=0,
+                                          persistent_workers=False))
+    for data in loader:
+        images.append(model.data_preprocessor(data, False)['inputs'][0])
+    assert len({tuple(im.shape[-2:]) for im in images}) > 1  # sizes differ
+    # slide: windows of the test crop size, the first one at the top left
+    crops = bench.real_crops(cfg, model, 5, 'cpu')
+    assert crops.shape == (5, 3, 64, 64)
+    torch.testing.assert_close(crops[0], images[0][:, :64, :64])
+    # whole-image inference: the images, centre-cropped to the size they all have
+    model.test_cfg = dict(mode='whole')
+    units = bench.real_crops(cfg, model, 3, 'cpu')
+    h = min(im.shape[-2] for im in images)
+    w = min(im.shape[-1] for im in images)
+    assert units.shape == (3, 3, h, w)
+    for unit, im in zip(units, images):
+        y, x = (im.shape[-2] - h) // 2, (im.shape[-1] - w) // 2
+        torch.testing.assert_close(unit, im[:, y:y + h, x:x + w])
+    assert 'centre-cropped' in capsys.readouterr().out
+
+
 @pytest.fixture
 def restore_threads():
     n = torch.get_num_threads()

@@ -97,6 +97,12 @@ def test_test_cli(tmp_path):
     assert cfg.default_hooks.visualization.draw is True
     assert cfg.default_hooks.visualization.interval == 1
     assert cfg.visualizer.save_dir == str(tmp_path / 's')
+    # --show-interval N paints every N-th image; 0 is refused
+    base = [str(PRUNE_CONFIG), str(ckpt), '--show-dir', str(tmp_path / 's')]
+    args = test_tool.parse_args(base + ['--show-interval', '10'])
+    assert test_tool.build_config(args).default_hooks.visualization.interval == 10
+    with pytest.raises(ValueError, match='--show-interval'):
+        test_tool.build_config(test_tool.parse_args(base + ['--show-interval', '0']))
 
 
 def test_test_tta_swaps_model_and_pipeline(tmp_path):

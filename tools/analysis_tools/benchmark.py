@@ -1,8 +1,8 @@
 """Speed of dense vs pruned DToP inference, and how much of the FLOP saving becomes time.
 
 Inputs are real: images from the config's test dataloader, run through the model's
-data preprocessor and cut into slide-inference crops of the test crop size (the
-unit the model runs on). Each variant runs the same crops, batch 1 and batch N,
+data preprocessor and cut into slide-inference crops of the test crop size, or
+whole images for whole-image inference (the unit the model runs on). Each variant runs the same crops, batch 1 and batch N,
 after a warm-up; every repeat times one pass over all crops (the variants are
 interleaved repeat by repeat, in a rotating order, so that machine drift and order
 effects hit all alike) and the median repeat is reported. Process CPU time is
@@ -256,22 +256,24 @@ def build_model(cfg, checkpoint: Optional[str], device: str,
     return model.to(device).eval()
 
 
-def crop_size_of(model) -> tuple:
-    """``(crop, stride)`` of slide inference, or the training size for whole mode."""
+def crop_size_of(model) -> Optional[tuple]:
+    """``(crop, stride)`` of slide inference; ``None`` for whole-image inference."""
     test_cfg = model.test_cfg or {}
     if test_cfg.get('mode', 'whole') == 'slide':
         return tuple(test_cfg['crop_size']), tuple(test_cfg['stride'])
-    size = tuple(model.backbone.img_size)
-    return size, size
+    return None
 
 
 @torch.no_grad()
 def real_crops(cfg, model, num_crops: int, device: str) -> Tensor:
-    """``(num_crops, 3, h, w)`` slide crops of the first test images.
+    """``(num_crops, 3, h, w)`` inference units of the first test images.
 
     Images come from ``cfg.test_dataloader`` (batch 1), through the model's data
-    preprocessor; windows are placed as in slide inference (sides shorter than the
-    crop are zero-padded).
+    preprocessor. Slide inference (``test_cfg.mode='slide'``): the windows, placed
+    as in slide inference (sides shorter than the crop are zero-padded). Whole-image
+    inference: the images themselves; a batch needs one size, so when their sizes
+    differ every image is centre-cropped to the largest size all of them have (and
+    a note says so).
     """
     from mmengine.runner import Runner
     dl_cfg = cfg.test_dataloader.copy()
@@ -279,11 +281,17 @@ def real_crops(cfg, model, num_crops: int, device: str) -> Tensor:
     dl_cfg['num_workers'] = 0
     dl_cfg.pop('persistent_workers', None)
     loader = Runner.build_dataloader(dl_cfg)
-    (hc, wc), (hs, ws) = crop_size_of(model)
+    slide = crop_size_of(model)
     crops = []
     for data in loader:
         data = model.data_preprocessor(data, False)
         img = data['inputs'].to(device)
+        if slide is None:
+            crops.append(img[0])
+            if len(crops) == num_crops:
+                break
+            continue
+        (hc, wc), (hs, ws) = slide
         _, _, H, W = img.shape
         if H < hc or W < wc:
             img = torch.nn.functional.pad(img, (0, max(wc - W, 0), 0, max(hc - H, 0)))
@@ -296,7 +304,15 @@ def real_crops(cfg, model, num_crops: int, device: str) -> Tensor:
                     return torch.stack(crops)
     if not crops:
         raise RuntimeError('the test dataloader yielded no images')
-    reps = -(-num_crops // len(crops))  # too few images: cycle through the crops
+    if slide is None:
+        h = min(c.shape[-2] for c in crops)
+        w = min(c.shape[-1] for c in crops)
+        if any(c.shape[-2:] != (h, w) for c in crops):
+            print(f'whole-image inference: the {len(crops)} test images differ in size; '
+                  f'each is centre-cropped to {h}x{w} so that they batch')
+            crops = [c[:, (c.shape[-2] - h) // 2:(c.shape[-2] - h) // 2 + h,
+                       (c.shape[-1] - w) // 2:(c.shape[-1] - w) // 2 + w] for c in crops]
+    reps = -(-num_crops // len(crops))  # too few images: cycle through them
     return torch.stack((crops * reps)[:num_crops])
 
 

@@ -9,7 +9,7 @@ uncoloured) are what you see. Also prints how many pixels of each class were see
 Examples::
 
     python tools/analysis_tools/browse_dataset.py \\
-        configs/demo/segvit_vit-t16-8l_1xb8-2k_demo-128x128.py \\
+        configs/demo/segvit_vit-t16-8l_1xb8-1200_demo-128x128.py \\
         --output-dir work_dirs/browse --split train --num 20
     # the test images at test-time size:
     python tools/analysis_tools/browse_dataset.py CONFIG --output-dir OUT --split test

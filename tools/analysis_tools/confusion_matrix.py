@@ -14,8 +14,8 @@ are skipped. Writes to ``--out-dir``:
 Examples::
 
     python tools/analysis_tools/confusion_matrix.py \\
-        configs/demo/dtop_segvit_vit-t16-8l_1xb8-500_demo-128x128.py \\
-        work_dirs/demo/dtop/iter_500.pth --out-dir work_dirs/demo/confusion
+        configs/demo/dtop_segvit_vit-t16-8l_1xb8-100_demo-128x128.py \\
+        work_dirs/demo/dtop/iter_100.pth --out-dir work_dirs/demo/confusion
     # the same model without pruning, on 20 images:
     python tools/analysis_tools/confusion_matrix.py CONFIG CKPT --out-dir OUT \\
         --num-images 20 --cfg-options model.prune_threshold=1.0

@@ -114,6 +114,8 @@ def build_report(base: Dict[str, float], dtop: Dict[str, float],
     if dense_all and dtop.get('GFLOPs_crop') is not None:
         summary['gflops_cut_vs_allheads_pct'] = 100 * (1 - dtop['GFLOPs_crop'] / dense_all)
     summary['gflops_dense'] = dense
+    # Whole-image inference runs one "crop" per image: say "image" in the table.
+    summary['unit'] = 'image' if abs(base.get('crops_per_img', 0.0) - 1.0) < 1e-9 else 'crop'
     summary['gflops_dense_allheads'] = dense_all
     if benchmark:
         summary['speedup'] = speedup_of(benchmark)
@@ -126,7 +128,8 @@ def format_report(report: dict) -> str:
     rows, summary = report['rows'], report['summary']
     num_exit = len(rows[-1]['exit_pct'])
     speed = summary.get('speedup') or {}
-    head = ['model', 'mIoU', 'GFLOPs/crop (with aux heads)', 'GFLOPs/crop (without aux)']
+    unit = summary.get('unit', 'crop')
+    head = ['model', 'mIoU', f'GFLOPs/{unit} (with aux heads)', f'GFLOPs/{unit} (without aux)']
     head += [f'tokens exited after stage {s + 1}' for s in range(num_exit)]
     head += ['tokens reaching the last stage', 'measured speedup']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
@@ -151,13 +154,13 @@ def format_report(report: dict) -> str:
         notes.append(f"GFLOPs {summary['gflops_cut_pct']:.1f} % lower with the auxiliary "
                      f"heads counted ({summary['gflops_cut_noaux_pct']:.1f} % without), vs "
                      f"the dense backbone + final head ({summary['gflops_dense']:.3f} GFLOPs "
-                     'per crop)')
+                     f'per {unit})')
     if summary.get('gflops_cut_vs_allheads_pct') is not None:
         notes.append(f"{summary['gflops_cut_vs_allheads_pct']:.1f} % lower than the dense "
                      f"model with all three heads ({summary['gflops_dense_allheads']:.3f})")
     if summary.get('benchmark_device'):
         notes.append(f"speedup measured on {summary['benchmark_device']} "
-                     '(tools/analysis_tools/benchmark.py: pruned vs dense, same crops)')
+                     f'(tools/analysis_tools/benchmark.py: pruned vs dense, same {unit}s)')
     return out + '\n\n' + '\n'.join(f'- {n}' for n in notes)
 
 

@@ -9,7 +9,7 @@ empty data root. Exit status 1 when anything is wrong, 0 otherwise.
 
 Examples::
 
-    python tools/misc/check_dataset.py configs/demo/segvit_vit-t16-8l_1xb8-2k_demo-128x128.py
+    python tools/misc/check_dataset.py configs/demo/segvit_vit-t16-8l_1xb8-1200_demo-128x128.py
     python tools/misc/check_dataset.py CONFIG --split train --show 10
     python tools/misc/check_dataset.py CONFIG --cfg-options \\
         test_dataloader.dataset.data_root=data/ade/ADEChallengeData2016

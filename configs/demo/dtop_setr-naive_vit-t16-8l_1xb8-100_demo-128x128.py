@@ -1,15 +1,15 @@
-# Demo BASE model: SETR-naive with DToP's stage layout, on the embedded synthetic
-# dataset, sized for 2 CPU cores (issue 10).
+# Demo prune fine-tune (DToP) of the SETR-naive demo BASE model (issue 10).
 #
-#   bash tools/run_demo.sh --model setr       # BASE -> prune -> test
+#   bash tools/dist_train_load.sh configs/demo/dtop_setr-naive_vit-t16-8l_1xb8-100_demo-128x128.py \
+#       work_dirs/demo_setr/dtop work_dirs/demo_setr/base/iter_1200.pth
 #
-# Data, schedule and runtime come from the SegViT demo BASE config; only the model
-# differs: the same small ViT (with a cls token and a final norm, as SETR), cut
-# into four stages after 0-based layers L/4-1, L/2-1, 3L/4-1, L-1 (ViT-B: 3/6/9/11;
-# the demo's 8 layers: 1/3/5/7), each closed by SETR's own 1x1 naive head
-# (DToPSETRUPHead: LN -> 1x1 conv + BN + ReLU -> x4 upsample -> conv_seg, computed
-# token-wise). Plain BN: the demo runs one process on CPU.
-_base_ = ['./segvit_vit-t16-8l_1xb8-2k_demo-128x128.py']
+# Schedule, data, runtime and p0 come from the SegViT demo prune config; the model
+# is the SETR-naive demo BASE model (same definition as
+# setr-naive_vit-t16-8l_1xb8-1200_demo-128x128.py; tests/test_models/
+# test_other_segmenters.py checks that the two stay identical) with pruning live:
+# after each of the three auxiliary heads, tokens whose softmax confidence is > p0
+# exit, except the k most confident per class.
+_base_ = ['./dtop_segvit_vit-t16-8l_1xb8-100_demo-128x128.py']
 
 __bb = _base_.model.backbone
 __L = __bb.num_layers

@@ -7,7 +7,7 @@
 # same small ViT (with a cls token and a final norm, as Segmenter) and the same
 # stages and auxiliary ATM heads as the SegViT demo, with Segmenter's mask
 # transformer (2 layers at the backbone width) as the final head.
-_base_ = ['./segvit_vit-t16-8l_1xb8-2k_demo-128x128.py']
+_base_ = ['./segvit_vit-t16-8l_1xb8-1200_demo-128x128.py']
 
 __bb = _base_.model.backbone
 model = dict(
