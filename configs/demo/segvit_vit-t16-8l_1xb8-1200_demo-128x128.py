@@ -7,8 +7,7 @@
 # DToP's 3-head SegViT, shrunk: a ViT with embed 192, 8 layers, 3 attention heads,
 # patch 16, trained from scratch (no ImageNet weights can be downloaded here), and
 # three ATM prune heads (d = 96, 3 attention heads, 2 decoder layers) after 0-based
-# layers [3, 5, 7], i.e. stages of 4 / 2 / 2 layers: the first exit after half the
-# depth, as DToP's ViT-B (6 / 2 / 4 of 12).
+# layers [2, 5, 7], i.e. stages of 3 / 3 / 2 layers (ViT-L's split is 8 / 8 / 8 of 24).
 # Training: random 128x128 crops (an 8x8 token grid) of the 256x320 images rescaled
 # by 1.5 x [0.75, 1.25]. Testing: whole-image inference of each image rescaled to
 # 384x480, i.e. a 24x30 token grid (720 tokens; the position embeddings are
@@ -99,7 +98,7 @@ model = dict(
         num_layers=8,
         num_heads=3,
         mlp_ratio=4,
-        out_indices=[3, 5, 7],
+        out_indices=[2, 5, 7],
         qkv_bias=True,
         drop_rate=0.0,
         attn_drop_rate=0.0,
