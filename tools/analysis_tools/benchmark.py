@@ -564,7 +564,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
                          args.warmup, args.keep_ratio, args.exit_by, args.keep_jitter,
                          args.threshold, args.seed, precision=args.precision)
     device = (torch.cuda.get_device_name(args.device) if args.device.startswith('cuda')
-              else f'{cpu_name()}, {torch.get_num_threads()} threads')
+              else f'{cpu_name()}, {torch.get_num_threads()} thread'
+              + ('s' if torch.get_num_threads() != 1 else ''))
     print(f'config: {args.config}  checkpoint: {args.checkpoint or "random init"}')
     print(f'device: {device}; torch {torch.__version__}; {num_crops} real crops '
           f'{tuple(crops.shape[-2:])}; median of {args.repeats} repeats; '
