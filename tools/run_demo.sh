@@ -102,6 +102,9 @@ NUM_TRAIN="${DEMO_NUM_TRAIN:-400}"
 NUM_VAL="${DEMO_NUM_VAL:-80}"
 BENCH_CROPS="${DEMO_BENCH_CROPS:-16}"
 SHOW_EVERY="${DEMO_SHOW_EVERY:-10}"
+# paint at least one image: the last one when there are fewer than SHOW_EVERY
+(( SHOW_EVERY > NUM_VAL && NUM_VAL > 0 )) && SHOW_EVERY="$NUM_VAL"
+(( SHOW_EVERY >= 1 )) || fail "DEMO_SHOW_EVERY must be >= 1, got $SHOW_EVERY"
 REUSE="${DEMO_REUSE:-0}"
 CONTROL="${DEMO_CONTROL:-1}"
 if [[ "$MODEL" == segvit ]]; then UPDATE_RES="${DEMO_UPDATE_RESOURCES:-1}"; else UPDATE_RES=0; fi
