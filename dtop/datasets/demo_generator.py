@@ -325,7 +325,7 @@ def generate_split(out_dir: str,
     ann_dir = osp.join(out_dir, 'annotations', sub)
     os.makedirs(img_dir, exist_ok=True)
     os.makedirs(ann_dir, exist_ok=True)
-    jobs = [(out_dir, split, i, seed, tuple(height_range), tuple(width_range),
+    jobs = [(img_dir, ann_dir, split, i, seed, tuple(height_range), tuple(width_range),
              int(jpeg_quality)) for i in range(num_images)]
     if workers > 1 and num_images > 1:
         # Every image has its own random stream: the files do not depend on workers.
@@ -336,16 +336,15 @@ def generate_split(out_dir: str,
 
 def _write_image(job: tuple) -> str:
     """Draw and write image ``i`` of a split; returns its base name."""
-    out_dir, split, i, seed, height_range, width_range, jpeg_quality = job
-    sub = SPLITS[split]
+    img_dir, ann_dir, split, i, seed, height_range, width_range, jpeg_quality = job
     rng = _split_rng(seed, split, i)
     h = int(rng.integers(height_range[0], height_range[1] + 1))
     w = int(rng.integers(width_range[0], width_range[1] + 1))
     image, label = generate_scene(rng, h, w)
-    name = f'demo_{sub}_{i:05d}'
-    cv2.imwrite(osp.join(out_dir, 'images', sub, name + '.jpg'), image[..., ::-1],
+    name = f'demo_{SPLITS[split]}_{i:05d}'
+    cv2.imwrite(osp.join(img_dir, name + '.jpg'), image[..., ::-1],
                 [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
-    cv2.imwrite(osp.join(out_dir, 'annotations', sub, name + '.png'), label)
+    cv2.imwrite(osp.join(ann_dir, name + '.png'), label)
     return name
 
 

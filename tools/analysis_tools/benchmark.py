@@ -2,8 +2,8 @@
 
 Inputs are real: images from the config's test dataloader, run through the model's
 data preprocessor and cut into slide-inference crops of the test crop size, or
-whole images for whole-image inference (the unit the model runs on). Each variant runs the same crops, batch 1 and batch N,
-after a warm-up; every repeat times one pass over all crops (the variants are
+whole images for whole-image inference (the unit the model runs on). Each variant
+runs the same crops, batch 1 and batch N, after a warm-up; every repeat times one pass over all crops (the variants are
 interleaved repeat by repeat, in a rotating order, so that machine drift and order
 effects hit all alike) and the median repeat is reported. Process CPU time is
 recorded too: on a shared machine it is far less noisy than wall time. On GPU the
@@ -310,8 +310,8 @@ def real_crops(cfg, model, num_crops: int, device: str) -> Tensor:
         if any(c.shape[-2:] != (h, w) for c in crops):
             print(f'whole-image inference: the {len(crops)} test images differ in size; '
                   f'each is centre-cropped to {h}x{w} so that they batch')
-            crops = [c[:, (c.shape[-2] - h) // 2:(c.shape[-2] - h) // 2 + h,
-                       (c.shape[-1] - w) // 2:(c.shape[-1] - w) // 2 + w] for c in crops]
+            tops = [((c.shape[-2] - h) // 2, (c.shape[-1] - w) // 2) for c in crops]
+            crops = [c[:, y:y + h, x:x + w] for c, (y, x) in zip(crops, tops)]
     reps = -(-num_crops // len(crops))  # too few images: cycle through them
     return torch.stack((crops * reps)[:num_crops])
 
