@@ -42,7 +42,7 @@
 #   DEMO_BENCH_CROPS=N     validation images timed by the benchmark (default 16; 0 skips it)
 #   DEMO_SHOW_EVERY=N      paint the exit map of every N-th validation image (default 10)
 #   DEMO_P0=x              p0 of the DToP model for its fine-tune, test and benchmark
-#                          (config: 0.95)
+#                          (config: 0.97)
 #   DEMO_CONTROL=0         skip the fair control (saves ~2 minutes)
 set -euo pipefail
 

@@ -14,6 +14,6 @@ DEMO_PALETTE: Tuple[Tuple[int, int, int], ...] = (
     (70, 130, 180), (0, 60, 160), (120, 200, 80), (20, 100, 20), (240, 220, 130),
     (200, 140, 40), (128, 64, 128), (160, 160, 160), (200, 60, 60), (245, 245, 255))
 
-#: Pairs of the same hue (the second 25 % darker) that differ in texture.
+#: Pairs of the same hue (the second 35 % darker) that differ in texture.
 CONFUSABLE_PAIRS: Tuple[Tuple[str, str], ...] = (
     ('sky', 'water'), ('grass', 'tree'), ('sand', 'field'), ('road', 'wall'))
