@@ -3,11 +3,11 @@
 Inputs are real: images from the config's test dataloader, run through the model's
 data preprocessor and cut into slide-inference crops of the test crop size, or
 whole images for whole-image inference (the unit the model runs on). Each variant
-runs the same crops, batch 1 and batch N, after a warm-up; every repeat times one pass over all crops (the variants are
-interleaved repeat by repeat, in a rotating order, so that machine drift and order
-effects hit all alike) and the median repeat is reported. Process CPU time is
-recorded too: on a shared machine it is far less noisy than wall time. On GPU the
-timing is synchronised.
+runs the same crops, batch 1 and batch N, after a warm-up; every repeat times one
+pass over all crops (the variants are interleaved repeat by repeat, in a rotating
+order, so that machine drift and order effects hit all alike) and the median repeat
+is reported. Process CPU time is recorded too: on a shared machine it is far less
+noisy than wall time. On GPU the timing is synchronised.
 
 Variants:
 
@@ -563,9 +563,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     rows = run_benchmark(model, crops, batch_sizes, args.variants, args.repeats,
                          args.warmup, args.keep_ratio, args.exit_by, args.keep_jitter,
                          args.threshold, args.seed, precision=args.precision)
+    threads = torch.get_num_threads()
     device = (torch.cuda.get_device_name(args.device) if args.device.startswith('cuda')
-              else f'{cpu_name()}, {torch.get_num_threads()} thread'
-              + ('s' if torch.get_num_threads() != 1 else ''))
+              else f'{cpu_name()}, {threads} thread' + ('s' if threads != 1 else ''))
     print(f'config: {args.config}  checkpoint: {args.checkpoint or "random init"}')
     print(f'device: {device}; torch {torch.__version__}; {num_crops} real crops '
           f'{tuple(crops.shape[-2:])}; median of {args.repeats} repeats; '
