@@ -22,7 +22,7 @@ Attention over packed tokens has several backends (:func:`packed_attention`):
 installed torch provides; it is a small pure function with its own tests.
 """
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -109,6 +109,50 @@ class Segments:
     def split(self, x: Tensor) -> List[Tensor]:
         """Per-image views of a packed tensor."""
         return list(torch.split(x, self.lengths, dim=0))
+
+    def select(self, mask: Tensor, lengths: Optional[Sequence[int]] = None) -> 'Segments':
+        """Segments of the tokens a boolean mask keeps (``x[mask]`` of a packed ``x``).
+
+        Args:
+            mask (Tensor): ``(T,)`` bool, True for the tokens that stay.
+            lengths (Sequence[int], optional): the kept tokens per image when the
+                caller knows them (saves the one host sync of counting them).
+
+        Returns:
+            Segments: the packing of the kept tokens (same images, same order).
+        """
+        if lengths is None:
+            lengths = torch.bincount(self.batch_index[mask],
+                                     minlength=self.batch_size).tolist()
+        return Segments.from_lengths(lengths, mask.device)
+
+    def append(self, extra: int) -> Tuple['Segments', Tensor, Tensor]:
+        """Packing of each image's tokens followed by ``extra`` appended tokens.
+
+        Args:
+            extra (int): tokens appended after each image's tokens (e.g. ``Q``
+                class embeddings).
+
+        Returns:
+            tuple: joint :class:`Segments` (lengths ``n_b + extra``), ``token_dest``
+            ``(T,)`` long position of each original token in the joint packing and
+            ``extra_dest`` ``(B, extra)`` long positions of the appended tokens.
+        """
+        B = self.batch_size
+        device = self.cu_seqlens.device
+        shift = torch.arange(B + 1, device=device, dtype=torch.int32) * extra
+        cu = self.cu_seqlens + shift
+        starts = cu[:-1].long()
+        token_dest = starts[self.batch_index] + self.slot
+        extra_dest = (starts + self.counts)[:, None] + torch.arange(extra, device=device)
+        total = self.total + B * extra
+        counts = self.counts + extra
+        batch_index = torch.repeat_interleave(torch.arange(B, device=device), counts,
+                                              output_size=total)
+        slot = torch.arange(total, device=device) - starts[batch_index]
+        joint = Segments(lengths=[n + extra for n in self.lengths], cu_seqlens=cu,
+                         batch_index=batch_index, slot=slot)
+        return joint, token_dest, extra_dest
 
 
 def _has_varlen() -> bool:

@@ -1,8 +1,33 @@
 """Small tensor helpers shared by the DToP model."""
-from typing import Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Iterator, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+_PROFILING = False
+
+
+@contextmanager
+def profiling(enabled: bool = True) -> Iterator[None]:
+    """Turn on the model's profiler labels (:func:`profile_region`) inside the block.
+
+    Use it around a ``torch.profiler.profile`` run; outside it the labels cost
+    nothing (a plain ``nullcontext``).
+    """
+    global _PROFILING
+    saved, _PROFILING = _PROFILING, enabled
+    try:
+        yield
+    finally:
+        _PROFILING = saved
+
+
+def profile_region(name: str):
+    """A ``torch.profiler.record_function(name)`` while :func:`profiling` is on,
+    else a no-op context."""
+    return torch.profiler.record_function(name) if _PROFILING else nullcontext()
 
 
 def grid_to_pixels(t: Tensor, size: Sequence[int], patch_size: int,

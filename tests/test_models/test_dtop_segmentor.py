@@ -7,11 +7,13 @@ import torch
 import torch.nn.functional as F
 from mmengine.structures import PixelData
 from mmseg.models.backbones import VisionTransformer
+from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
 import dtop  # noqa: F401
-from dtop.testing import tiny_dtop_model_cfg
+from dtop.models.pruning import ConfidenceThreshold, ExitPolicy
+from tests.utils.tiny_models import tiny_model_cfg
 from test_pruning_rule import reference_exits
 
 NUM_CLASSES = 5
@@ -19,7 +21,7 @@ NUM_CLASSES = 5
 
 def build(seed=0, **kwargs):
     torch.manual_seed(seed)
-    model = MODELS.build(tiny_dtop_model_cfg(num_classes=NUM_CLASSES, **kwargs))
+    model = MODELS.build(tiny_model_cfg(num_classes=NUM_CLASSES, **kwargs))
     model.init_weights()
     sharpen(model, seed)
     return model.eval()
@@ -212,12 +214,12 @@ def test_slide_equals_mmseg_window_loop():
     metas = [dict(ori_shape=(80, 112), img_shape=(80, 112))] * 2
     with torch.no_grad():
         ours = model.slide_inference(x, metas)
-        mmseg_loop = super(type(model), model).slide_inference(x, copy.deepcopy(metas))
+        mmseg_loop = EncoderDecoder.slide_inference(model, x, copy.deepcopy(metas))
     torch.testing.assert_close(ours, mmseg_loop, rtol=1e-5, atol=1e-6)
 
 
 def test_config_errors_are_clear():
-    cfg = tiny_dtop_model_cfg(num_classes=NUM_CLASSES)
+    cfg = tiny_model_cfg(num_classes=NUM_CLASSES)
     bad = copy.deepcopy(cfg)
     bad['auxiliary_head'] = bad['auxiliary_head'][:1]
     with pytest.raises(ValueError, match='auxiliary heads'):
@@ -255,7 +257,7 @@ def test_slide_exit_map_takes_the_latest_stage_over_overlapping_crops():
                   test_mode='slide')
     x = images(1, 80, 112, seed=8)
     with torch.no_grad():
-        _, stats = model.inference_with_stats(x, [dict(ori_shape=(80, 112))])
+        _, stats = model.inference(x, [dict(ori_shape=(80, 112))], return_stats=True)
         exit_map = stats[0]['exit_map']
         # The same windows, one crop at a time, combined by hand.
         expect = torch.zeros(80, 112, dtype=torch.uint8)
@@ -269,14 +271,19 @@ def test_slide_exit_map_takes_the_latest_stage_over_overlapping_crops():
     assert exit_map.min() < 2, 'no token exited; test is vacuous'
 
 
-def test_extract_feat_keeps_exited_tokens_and_matches_single_images():
+def test_pruned_features_keep_exited_tokens_and_match_single_images():
     model = build(seed=2, prune_threshold=0.5, keep_topk_per_class=2, img_size=(80, 96))
     x = images(3, 80, 96, seed=2)
     with torch.no_grad():
         out = model.run_stages(x, with_features=True)
+        # extract_feat is mmseg's: the backbone's dense features, as the stage
+        # loop's features with pruning disabled
         feats = model.extract_feat(x)
-        for a, b in zip(feats, out.features):
-            assert torch.equal(a, b)
+        model.prune_threshold = None
+        dense = model.run_stages(x, with_features=True)
+        model.prune_threshold = 0.5
+        for a, b in zip(feats, dense.features):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         exited_first = out.exit_stage == 0  # (B, h, w)
         assert exited_first.any(), 'nothing exited; test is vacuous'
         for f in out.features[1:]:  # an exited token keeps its stage-0 feature
@@ -288,21 +295,28 @@ def test_extract_feat_keeps_exited_tokens_and_matches_single_images():
                 torch.testing.assert_close(a[i:i + 1], b, rtol=1e-5, atol=1e-5)
 
 
-def per_image_rule(self, stage, scores, segments, threshold):
+class PerImagePolicy(ExitPolicy):
     """A decision that depends on each image alone: images listed in
-    ``self._exit_all`` lose every token at stage 0 (empty afterwards), the others
+    ``exit_all`` lose every token at stage 0 (empty afterwards), the others
     their more confident half at every stage."""
-    conf = scores.amax(1)
-    exits = torch.zeros_like(conf, dtype=torch.bool)
-    bounds = segments.cu_seqlens.tolist()
-    for b, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
-        if hi == lo:
-            continue
-        if stage == 0 and b in self._exit_all:
-            exits[lo:hi] = True
-        else:
-            exits[lo:hi] = conf[lo:hi] > conf[lo:hi].median()
-    return exits
+
+    exit_all = frozenset()
+
+    def prunes_at(self, stage):
+        return True
+
+    def __call__(self, stage, scores, segments):
+        conf = scores.amax(1)
+        exits = torch.zeros_like(conf, dtype=torch.bool)
+        bounds = segments.cu_seqlens.tolist()
+        for b, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+            if hi == lo:
+                continue
+            if stage == 0 and b in self.exit_all:
+                exits[lo:hi] = True
+            else:
+                exits[lo:hi] = conf[lo:hi] > conf[lo:hi].median()
+        return exits
 
 
 def objective(out, weights):
@@ -316,7 +330,6 @@ def objective(out, weights):
 def test_packed_ragged_batch_equals_images_alone_with_gradients(backend):
     """Ragged batch (very different counts, one image with no token left after
     stage 0): outputs and parameter gradients equal the images run one by one."""
-    import types
     model = build(seed=9, prune_threshold=0.5).train()
     for m in model.modules():  # train mode (autograd), but deterministic
         if isinstance(m, torch.nn.Dropout):
@@ -326,10 +339,10 @@ def test_packed_ragged_batch_equals_images_alone_with_gradients(backend):
     model.backbone.attention_backend = backend
     x = images(3, seed=9)
 
-    model.select_stage_exits = types.MethodType(per_image_rule, model)
+    policy = model.set_exit_policy(PerImagePolicy())
     g = torch.Generator().manual_seed(9)
     weights = [torch.randn(3, NUM_CLASSES, 4, 4, generator=g) for _ in range(4)]
-    model._exit_all = {0}
+    policy.exit_all = {0}
     batched = model.run_stages(x)
     counts = batched.active_counts
     assert counts[0].tolist() == [16, 0, 0], 'image 0 should have no token left'
@@ -338,7 +351,7 @@ def test_packed_ragged_batch_equals_images_alone_with_gradients(backend):
     grads = torch.autograd.grad(objective(batched, weights), params, allow_unused=True)
     summed = [torch.zeros_like(p) for p in params]
     for i in range(3):
-        model._exit_all = {0} if i == 0 else set()
+        policy.exit_all = {0} if i == 0 else set()
         single = model.run_stages(x[i:i + 1])
         assert torch.equal(single.active_counts[0], counts[i])
         torch.testing.assert_close(batched.final_map[i], single.final_map[0],
@@ -358,26 +371,26 @@ def test_packed_ragged_batch_equals_images_alone_with_gradients(backend):
 
 
 def test_bf16_inference_matches_fp32_and_decides_in_fp32():
-    import types
     model = build(seed=10, prune_threshold=0.5)
     x = images(2, seed=10)
     seen = []
 
-    def spy(self, stage, scores, segments, threshold):
-        seen.append(scores.dtype)
-        return type(self).select_stage_exits(self, stage, scores, segments, threshold)
+    class Spy(ConfidenceThreshold):
+        def __call__(self, stage, scores, segments):
+            seen.append(scores.dtype)
+            return super().__call__(stage, scores, segments)
 
-    model.select_stage_exits = types.MethodType(spy, model)
+    model.set_exit_policy(Spy(0.5, model.keep_topk_per_class))
     metas = [dict(ori_shape=(64, 64), img_shape=(64, 64))] * 2
     with torch.no_grad():
-        ref, ref_stats = model.inference_with_stats(x, metas)
+        ref, ref_stats = model.inference(x, metas, return_stats=True)
         model.test_cfg.precision = 'bf16'
-        got, stats = model.inference_with_stats(x, metas)
+        got, stats = model.inference(x, metas, return_stats=True)
     assert seen and all(dt == torch.float32 for dt in seen)
     assert got.dtype == torch.float32
     agree = (got.argmax(1) == ref.argmax(1)).float().mean()
     assert agree > 0.95, f'bf16 and fp32 predictions agree on only {agree:.2%}'
     assert (got - ref).abs().max() < 0.1
     with pytest.raises(ValueError, match='precision'):
-        MODELS.build(dict(tiny_dtop_model_cfg(num_classes=NUM_CLASSES),
+        MODELS.build(dict(tiny_model_cfg(num_classes=NUM_CLASSES),
                           test_cfg=dict(mode='whole', precision='int8')))

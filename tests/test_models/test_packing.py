@@ -24,6 +24,37 @@ def test_segments_bookkeeping_and_pad_roundtrip():
     assert uniform.is_uniform and uniform.pad(y).data_ptr() == y.data_ptr()  # a view
 
 
+@pytest.mark.parametrize('lengths', [[5, 0, 3, 7], [4, 4], [0, 0]])
+def test_segments_select_equals_repacking_each_image(lengths):
+    """``x[mask]`` with ``segs.select(mask)`` is each image's kept tokens, in order."""
+    g = torch.Generator().manual_seed(sum(lengths) + len(lengths))
+    segs = Segments.from_lengths(lengths, 'cpu')
+    x = torch.randn(segs.total, 3, generator=g)
+    mask = torch.rand(segs.total, generator=g) > 0.4
+    kept = segs.select(mask)
+    parts = [xi[mi] for xi, mi in zip(segs.split(x), segs.split(mask))]
+    assert kept.lengths == [len(p) for p in parts]
+    for got, ref in zip(kept.split(x[mask]), parts):
+        assert torch.equal(got, ref)
+    # lengths known by the caller: the same packing, no counting
+    again = segs.select(mask, kept.lengths)
+    assert torch.equal(again.cu_seqlens, kept.cu_seqlens)
+    assert torch.equal(again.batch_index, kept.batch_index)
+    assert torch.equal(again.slot, kept.slot)
+
+
+def test_segments_append_places_extra_tokens_after_each_image():
+    g = torch.Generator().manual_seed(3)
+    segs = Segments.from_lengths([2, 0, 3], 'cpu')
+    x = torch.randn(segs.total, 4, generator=g)
+    extra = torch.randn(3, 2, 4, generator=g)
+    joint, token_dest, extra_dest = segs.append(2)
+    z = torch.zeros(joint.total, 4).index_put(
+        (torch.cat([token_dest, extra_dest.reshape(-1)]),), torch.cat([x, extra.reshape(-1, 4)]))
+    for b, (xi, zi) in enumerate(zip(segs.split(x), joint.split(z))):
+        assert torch.equal(zi, torch.cat([xi, extra[b]]))
+
+
 def per_image_attention(q, k, v, segs):
     outs = []
     for qi, ki, vi in zip(segs.split(q), segs.split(k), segs.split(v)):

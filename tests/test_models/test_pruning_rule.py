@@ -1,8 +1,11 @@
-"""The pruning rule against a brute-force reference written plainly (spec §2.2)."""
+"""The pruning rule (paper Sec. 3.2; docs/method.md: confidence strictly above p0, the
+k most confident per predicted class stay) against a brute-force reference written
+plainly."""
 import pytest
 import torch
 
-from dtop.models.pruning import select_exits, select_exits_packed, token_scores
+from dtop.models.decode_heads.atm_prune_head import token_scores
+from dtop.models.pruning import select_exits, select_exits_packed
 
 
 def reference_exits(scores, threshold, k, valid=None):

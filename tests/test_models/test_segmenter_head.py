@@ -5,7 +5,6 @@ from mmseg.models.decode_heads import SegmenterMaskTransformerHead
 
 import dtop  # noqa: F401
 from dtop.models.decode_heads import DToPSegmenterMaskHead
-from dtop.models.decode_heads.segmenter_head import append_per_image
 from dtop.models.packing import Segments
 
 C, Q = 32, 5
@@ -28,9 +27,9 @@ def pair(seed=0):
     return ref.eval(), ours.eval()
 
 
-def test_append_per_image_layout():
+def test_segments_append_layout():
     segs = Segments.from_lengths([2, 0, 3], 'cpu')
-    joint, token_dest, extra_dest = append_per_image(segs, 2)
+    joint, token_dest, extra_dest = segs.append(2)
     assert joint.lengths == [4, 2, 5]
     assert joint.cu_seqlens.tolist() == [0, 4, 6, 11]
     assert token_dest.tolist() == [0, 1, 6, 7, 8]

@@ -17,60 +17,15 @@ import math
 from typing import List, Sequence, Tuple
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from mmseg.models.backbones.vit import TransformerEncoderLayer, VisionTransformer
+from mmseg.models.backbones.vit import VisionTransformer
 from mmseg.registry import MODELS
 from torch import Tensor
 
-from ..packing import Segments, drop_path_packed, packed_attention
+from ..packed_layers import packed_layer_forward
+from ..packing import Segments
 
 CLS_POS = -1  # grid index given to the cls token in packed position vectors
-
-
-def _residual_dropout(module: nn.Module, x: Tensor, training: bool,
-                      segments: Segments) -> Tensor:
-    """Apply an mmcv ``dropout_layer`` (DropPath or Dropout) to a packed branch."""
-    if isinstance(module, nn.Identity):
-        return x
-    if hasattr(module, 'drop_prob'):  # DropPath: one draw per image
-        return drop_path_packed(x, float(module.drop_prob), training, segments)
-    return module(x)  # element-wise dropout is token-wise already
-
-
-def packed_layer_forward(layer: TransformerEncoderLayer, x: Tensor, segments: Segments,
-                         attention_backend: str = 'auto') -> Tensor:
-    """One mmseg ViT encoder layer on packed tokens.
-
-    Numerically the same as ``layer(x_b)`` for each image ``b`` alone (mmcv
-    ``MultiheadAttention`` + ``FFN``), with fused attention within each image.
-
-    Args:
-        layer (TransformerEncoderLayer): mmseg's layer (its parameters are used).
-        x (Tensor): ``(T, C)`` packed tokens.
-        segments (Segments): image boundaries.
-        attention_backend (str): see :func:`dtop.models.packing.packed_attention`.
-
-    Returns:
-        Tensor: ``(T, C)``.
-    """
-    mha = layer.attn.attn  # nn.MultiheadAttention holding the parameters
-    T, C = x.shape
-    heads = mha.num_heads
-    training = layer.training
-    qkv = F.linear(layer.ln1(x), mha.in_proj_weight, mha.in_proj_bias)
-    q, k, v = qkv.view(T, 3, heads, C // heads).unbind(1)
-    out = packed_attention(q, k, v, segments,
-                           dropout_p=mha.dropout if training else 0.0,
-                           backend=attention_backend)
-    out = F.linear(out.reshape(T, C), mha.out_proj.weight, mha.out_proj.bias)
-    x = x + _residual_dropout(layer.attn.dropout_layer, layer.attn.proj_drop(out),
-                              training, segments)
-    ffn = layer.ffn
-    out = ffn.layers(layer.ln2(x))
-    out = getattr(ffn, 'gamma2', nn.Identity())(out)
-    return x + _residual_dropout(ffn.dropout_layer, out, training, segments)
 
 
 @MODELS.register_module()
@@ -210,6 +165,11 @@ class DToPVisionTransformer(VisionTransformer):
                 x = packed_layer_forward(layer, x, segments, self.attention_backend)
         return x
 
+    @staticmethod
+    def prefix_mask(pos: Tensor) -> Tensor:
+        """``(T,)`` bool, True for prefix tokens (cls), which never exit."""
+        return pos < 0
+
     def head_tokens(self, x: Tensor, pos: Tensor, segments: Segments,
                     final: bool) -> Tuple[Tensor, Tensor, Segments]:
         """The patch tokens a stage head reads.
@@ -228,10 +188,10 @@ class DToPVisionTransformer(VisionTransformer):
             their :class:`Segments`.
         """
         if self.num_prefix_tokens:
-            keep = pos != CLS_POS
+            keep = ~self.prefix_mask(pos)
             x, pos = x[keep], pos[keep]
-            segments = Segments.from_lengths(
-                [n - self.num_prefix_tokens for n in segments.lengths], x.device)
+            segments = segments.select(
+                keep, [n - self.num_prefix_tokens for n in segments.lengths])
         if final and self.final_norm:
             x = self.ln1(x)
         return x, pos, segments

@@ -1,6 +1,6 @@
 """ATM prune head: one query per class, cross-attention logits as mask logits.
 
-A single-stage ATM decoder (spec §1.3). Parameter names follow the official
+A single-stage ATM decoder (docs/method.md, 'Stage heads'). Parameter names follow the official
 checkpoint layout (``input_proj``, ``proj_norm``, ``decoder.layers.N.{self_attn,
 multihead_attn.{q,k,v,proj}, linear1, linear2, norm1..3}``, ``q``, ``class_embed``)
 so official checkpoints load unchanged.
@@ -10,7 +10,7 @@ The head is stateless and implements the stage-head contract
 packed active tokens of a batch and returns per-token mask logits and per-image
 class logits; the segmentor owns the canvas and the pruning.
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -22,10 +22,35 @@ from mmseg.registry import MODELS
 from mmseg.utils import SampleList
 from torch import Tensor
 
+from ..cost import PATCH, HeadCost, ResizeStep, layer_norm_flops
 from ..packing import Segments
-from ..pruning.rule import class_presence, token_scores
 from ..utils import grid_to_pixels
 from .stage_head import HeadOutput, StageHeadMixin
+
+
+def class_presence(cls_logits: Tensor) -> Tensor:
+    """Probability that each query's class is present.
+
+    Args:
+        cls_logits (Tensor): ``(..., Q, 2)`` logits of ["present", "no object"].
+
+    Returns:
+        Tensor: ``(..., Q)`` softmax probability of "present".
+    """
+    return cls_logits.softmax(dim=-1)[..., 0]
+
+
+def token_scores(cls_logits: Tensor, mask_logits: Tensor) -> Tensor:
+    """Per-class, per-token probabilities ``P_c * sigmoid(A(c, t))`` (dense layout).
+
+    Args:
+        cls_logits (Tensor): ``(B, Q, 2)`` class-presence logits.
+        mask_logits (Tensor): ``(B, Q, N)`` mask logits (attention logits).
+
+    Returns:
+        Tensor: ``(B, Q, N)`` scores in ``[0, 1]``.
+    """
+    return class_presence(cls_logits).unsqueeze(-1) * mask_logits.sigmoid()
 
 
 class MaskCrossAttention(nn.Module):
@@ -238,13 +263,33 @@ class ATMPruneHead(StageHeadMixin, BaseDecodeHead):
         raise ValueError(f'ATMPruneHead cannot write a {space!r} canvas')
 
     def final_map(self, out: HeadOutput, canvas: Tensor) -> Tensor:
-        """``P_final(c) * sigmoid(canvas)`` (spec §2.5), ``(B, Q, h, w)``."""
+        """``P_final(c) * sigmoid(canvas)`` (docs/method.md, 'Final map'), ``(B, Q, h, w)``."""
         return class_presence(out.image_values)[..., None, None] * canvas.sigmoid()
 
-    @staticmethod
-    def scores(cls_logits: Tensor, mask_logits: Tensor) -> Tensor:
-        """``P_c * sigmoid(mask_logit)``; see :func:`token_scores`."""
-        return token_scores(cls_logits, mask_logits)
+    def cost(self) -> HeadCost:
+        """FLOPs of :meth:`forward_tokens` and :meth:`to_pixels` (see :meth:`cost_of`)."""
+        return self.cost_of(self.input_proj.in_features, self.input_proj.out_features,
+                            self.num_classes, len(self.decoder.layers),
+                            self.decoder.layers[0].linear1.out_features)
+
+    @classmethod
+    def cost_of(cls, in_channels: int, channels: int, num_classes: int,
+                num_layers: int = 3, ffn_channels: Optional[int] = None) -> HeadCost:
+        """:class:`HeadCost` of an ATM head of these dims (linear in ``n``).
+
+        ``n D d + 5 n d`` (``input_proj``, ``proj_norm``) + ``L`` decoder layers of
+        ``6 Q d^2 + 2 Q d F + 2 Q^2 d + 15 Q d`` on the query side (self-attention
+        in/out projections, cross-attention q/proj, FFN, ``Q x Q`` attention, three
+        LNs) and ``2 n d^2 + 2 Q n d`` on the token side (k/v projections, ``Q x n``
+        logits and ``AV``) + ``2 Q d`` (``class_embed``); :meth:`to_pixels`
+        upsamples the ``Q`` maps to the grid's pixels. No mmseg counterpart.
+        """
+        D, d, Q, L = in_channels, channels, num_classes, num_layers
+        F = 4 * d if ffn_channels is None else ffn_channels
+        query = 6 * Q * d * d + 2 * Q * d * F + 2 * Q * Q * d + 3 * layer_norm_flops(Q, d)
+        return HeadCost(num_classes=Q, per_image=L * query + 2 * Q * d,
+                        per_token=D * d + layer_norm_flops(1, d) + L * (2 * d * d + 2 * Q * d),
+                        pixel_steps=(ResizeStep(Q, PATCH), ), name=cls.__name__)
 
     def loss_by_canvas(self, out: HeadOutput, canvas: Tensor, batch_data_samples,
                        patch_size: int) -> Dict[str, Tensor]:

@@ -11,7 +11,7 @@ LayerNorm over classes (``mask_norm``).
 image: each image's joint sequence is its active patch tokens followed by its ``Q``
 class embeddings, packed for the whole batch (:class:`Segments` of lengths
 ``n_b + Q``), and the transformer layers run through
-:func:`~dtop.models.backbones.dtop_vit.packed_layer_forward` (attention within each
+:func:`~dtop.models.packed_layers.packed_layer_forward` (attention within each
 image). Exited tokens take no part: the class embeddings attend only to tokens
 still active. With nothing pruned this is mmseg's head; parameters are mmseg's, so
 mmseg Segmenter checkpoints load unchanged.
@@ -25,38 +25,10 @@ from mmseg.models.utils import resize
 from mmseg.registry import MODELS
 from torch import Tensor
 
-from ..backbones.dtop_vit import packed_layer_forward
+from ..cost import CROP, HeadCost, ResizeStep, layer_norm_flops, vit_layer_coeffs
+from ..packed_layers import packed_layer_forward
 from ..packing import Segments
 from .stage_head import HeadOutput, StageHeadMixin
-
-
-def append_per_image(segments: Segments, extra: int):
-    """Packing of ``n_b`` tokens + ``extra`` appended tokens per image.
-
-    Args:
-        segments (Segments): packing of the ``n_b`` tokens of each image.
-        extra (int): tokens appended after each image's tokens (``Q``).
-
-    Returns:
-        tuple: joint :class:`Segments` (lengths ``n_b + extra``), ``token_dest``
-        ``(T,)`` long position of each original token in the joint packing and
-        ``extra_dest`` ``(B, extra)`` long positions of the appended tokens.
-    """
-    B = segments.batch_size
-    device = segments.cu_seqlens.device
-    shift = torch.arange(B + 1, device=device, dtype=torch.int32) * extra
-    cu = segments.cu_seqlens + shift
-    starts = cu[:-1].long()
-    token_dest = starts[segments.batch_index] + segments.slot
-    extra_dest = (starts + segments.counts)[:, None] + torch.arange(extra, device=device)
-    total = segments.total + B * extra
-    counts = segments.counts + extra
-    batch_index = torch.repeat_interleave(torch.arange(B, device=device), counts,
-                                          output_size=total)
-    slot = torch.arange(total, device=device) - starts[batch_index]
-    joint = Segments(lengths=[n + extra for n in segments.lengths], cu_seqlens=cu,
-                     batch_index=batch_index, slot=slot)
-    return joint, token_dest, extra_dest
 
 
 @MODELS.register_module()
@@ -97,7 +69,7 @@ class DToPSegmenterMaskHead(StageHeadMixin, SegmenterMaskTransformerHead):
         B = segments.batch_size
         x = self.dec_proj(tokens)  # (T, E)
         E = x.shape[-1]
-        joint, token_dest, cls_dest = append_per_image(segments, Q)
+        joint, token_dest, cls_dest = segments.append(Q)
         cls_emb = self.cls_emb.to(x.dtype).expand(B, -1, -1).reshape(B * Q, E)
         z = x.new_zeros((joint.total, E)).index_put(
             (torch.cat([token_dest, cls_dest.reshape(-1)]), ), torch.cat([x, cls_emb]))
@@ -109,6 +81,33 @@ class DToPSegmenterMaskHead(StageHeadMixin, SegmenterMaskTransformerHead):
         # Only the (n_b x Q) products need the per-image layout.
         masks = segments.unpad(segments.pad(patches) @ classes.transpose(1, 2))  # (T, Q)
         return HeadOutput(self.mask_norm(masks))
+
+    def cost(self) -> HeadCost:
+        """FLOPs of :meth:`forward_tokens` and :meth:`to_pixels`, and of mmseg's
+        dense head (see :meth:`cost_of`)."""
+        return self.cost_of(self.dec_proj.in_features, self.dec_proj.out_features,
+                            self.num_classes, len(self.layers),
+                            int(self.layers[0].ffn.feedforward_channels))
+
+    @classmethod
+    def cost_of(cls, in_channels: int, embed_dims: int, num_classes: int,
+                num_layers: int = 2, ffn_channels: Optional[int] = None) -> HeadCost:
+        """:class:`HeadCost` of a mask transformer of these dims (quadratic in ``n``).
+
+        ``dec_proj`` ``n D E`` + ``L`` ViT layers on ``n + Q`` tokens +
+        ``decoder_norm`` ``5 (n + Q) E`` + ``patch_proj`` ``n E^2`` + ``classes_proj``
+        ``Q E^2`` + masks ``n E Q`` + ``mask_norm`` ``5 n Q`` (the L2 normalisations
+        are free); :meth:`to_pixels` resizes the ``Q`` maps to the crop. mmseg's
+        dense head computes the same.
+        """
+        D, E, Q, L = in_channels, embed_dims, num_classes, num_layers
+        layer = vit_layer_coeffs(E, ffn_channels, extra_tokens=Q)
+        poly = dict(per_image=L * layer[0] + layer_norm_flops(Q, E) + Q * E * E,
+                    per_token=(D * E + L * layer[1] + layer_norm_flops(1, E) + E * E
+                               + E * Q + layer_norm_flops(1, Q)),
+                    per_token_sq=L * layer[2])
+        return HeadCost(num_classes=Q, **poly, pixel_steps=(ResizeStep(Q, CROP), ),
+                        mmseg=HeadCost(num_classes=Q, **poly), name=cls.__name__)
 
     def to_pixels(self, seg_map: Tensor, size: Sequence[int],
                   patch_size: Optional[int] = None) -> Tensor:

@@ -1,3 +1,8 @@
-from .rule import class_presence, select_exits, select_exits_packed, token_scores
+from .options import validate_prune_threshold
+from .policies import (ConfidenceThreshold, ExitPolicy, FixedKeepRatio, RandomExit,
+                       build_exit_policy)
+from .rule import select_exits, select_exits_packed
 
-__all__ = ['class_presence', 'select_exits', 'select_exits_packed', 'token_scores']
+__all__ = ['ConfidenceThreshold', 'ExitPolicy', 'FixedKeepRatio', 'RandomExit',
+           'build_exit_policy', 'select_exits', 'select_exits_packed',
+           'validate_prune_threshold']

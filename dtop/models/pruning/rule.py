@@ -1,7 +1,8 @@
-"""The DToP pruning rule as pure tensor functions (spec §2.2).
+"""The DToP exit rule as pure tensor functions (docs/method.md, 'Early exit').
 
 After each auxiliary head every still-active token gets a confidence
-``max_c P_c * sigmoid(A(c, t))``. Tokens whose confidence is *strictly* greater
+``max_c P_c(t)`` (for an ATM head ``P_c(t) = presence_c * sigmoid(A(c, t))``, see
+:meth:`ATMPruneHead.token_probs`). Tokens whose confidence is *strictly* greater
 than ``p0`` are exit candidates. For every class that is the argmax of at least
 one candidate, the ``min(k, count)`` highest-scoring candidates of that class stay
 active (they keep context); every other candidate exits, permanently.
@@ -14,31 +15,6 @@ import torch
 from torch import Tensor
 
 
-def class_presence(cls_logits: Tensor) -> Tensor:
-    """Probability that each query's class is present.
-
-    Args:
-        cls_logits (Tensor): ``(B, Q, 2)`` logits of ["present", "no object"].
-
-    Returns:
-        Tensor: ``(B, Q)`` softmax probability of "present".
-    """
-    return cls_logits.softmax(dim=-1)[..., 0]
-
-
-def token_scores(cls_logits: Tensor, mask_logits: Tensor) -> Tensor:
-    """Per-class, per-token probabilities ``P_c * sigmoid(A(c, t))``.
-
-    Args:
-        cls_logits (Tensor): ``(B, Q, 2)`` class-presence logits.
-        mask_logits (Tensor): ``(B, Q, N)`` mask logits (attention logits).
-
-    Returns:
-        Tensor: ``(B, Q, N)`` scores in ``[0, 1]``.
-    """
-    return class_presence(cls_logits).unsqueeze(-1) * mask_logits.sigmoid()
-
-
 @torch.no_grad()
 def select_exits(scores: Tensor,
                  threshold: float,
@@ -47,8 +23,7 @@ def select_exits(scores: Tensor,
     """Decide which tokens exit at this stage.
 
     Args:
-        scores (Tensor): ``(B, Q, N)`` per-class token scores (see
-            :func:`token_scores`).
+        scores (Tensor): ``(B, Q, N)`` per-class token scores (probabilities).
         threshold (float): ``p0``; a token is a candidate iff its max score is
             strictly greater than it.
         keep_topk (int): ``k``; per image and argmax class, the ``min(k, count)``

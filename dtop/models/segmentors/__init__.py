@@ -1,4 +1,5 @@
-from .dtop_encoder_decoder import DToPEncoderDecoder, StageOutputs
-from .tta import DToPTTAModel  # noqa: F401  (issue 11: TTA keeps every pass's stats)
+from .dtop_encoder_decoder import DToPEncoderDecoder
+from .stage_loop import StageOutputs, run_stage_loop
+from .tta import DToPTTAModel
 
-__all__ = ['DToPEncoderDecoder', 'StageOutputs']
+__all__ = ['DToPEncoderDecoder', 'DToPTTAModel', 'StageOutputs', 'run_stage_loop']
