@@ -37,9 +37,8 @@ allow_full_checkpoint_unpickling()
 import mmcv  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from mmengine.config import Config  # noqa: E402
-from mmengine.dataset import Compose  # noqa: E402
 
+from dtop.apis import inference_model  # noqa: E402
 from dtop.utils.errors import DataError, DToPUserError, run_cli  # noqa: E402
 
 #: the shorter side of the rendered panels is at least this (small images are
@@ -102,7 +101,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def build_model(config: str, checkpoint: str, device: str,
                 threshold: Optional[List[float]] = None, precision: Optional[str] = None,
                 strict: bool = True):
-    """Build the segmentor from ``config`` and load ``checkpoint``.
+    """Build the segmentor from ``config`` and load ``checkpoint`` (:mod:`dtop.apis`).
 
     Args:
         config (str): config file (its ``custom_imports`` register DToP).
@@ -113,59 +112,25 @@ def build_model(config: str, checkpoint: str, device: str,
         strict (bool): stop when the checkpoint does not fit the model. Default True.
 
     Returns:
-        tuple: ``(model, cfg)``.
+        tuple: ``(model, cfg)``; ``cfg`` is ``model.cfg``.
 
     Raises:
+        FileNotFoundError: missing config or checkpoint.
         CheckpointError / CheckpointMismatchError: unreadable or unfitting checkpoint.
         DToPUserError: an invalid threshold (named).
     """
-    from mmseg.apis import init_model
-
-    from dtop.models.pruning.options import validate_prune_threshold
-    from dtop.utils.checkpoint import load_checkpoint_strict
-    if not osp.isfile(config):
-        raise FileNotFoundError(f'config not found: {config}')
-    if not osp.isfile(checkpoint):
-        raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
-    cfg = Config.fromfile(config)
+    from dtop.apis import init_model, load_config, set_prune_threshold
+    cfg = load_config(config, checkpoint=checkpoint, precision=precision)
     if threshold is not None:
-        value = threshold[0] if len(threshold) == 1 else list(threshold)
         try:
-            validate_prune_threshold(value, len(cfg.model.backbone.out_indices))
+            set_prune_threshold(cfg, threshold[0] if len(threshold) == 1 else list(threshold))
         except ValueError as exc:
             raise DToPUserError(f'--threshold: {exc}') from None
-        cfg.model.prune_threshold = value
-    if precision is not None:
-        cfg.model.setdefault('test_cfg', {})['precision'] = precision
-    model = init_model(cfg, None, device='cpu')
-    load_checkpoint_strict(model, checkpoint, strict=strict)  # stops on a mismatch
-    model.to(device)
+    model = init_model(cfg, checkpoint, device=device, allow_partial_load=not strict)
     if not hasattr(model, 'run_stages'):
         raise TypeError(f'{config} does not build a DToP model ({type(model).__name__}); '
                         'exit maps need DToPEncoderDecoder.')
-    return model, cfg
-
-
-def _test_pipeline(cfg: Config) -> Compose:
-    pipeline = cfg.get('test_pipeline', None) or cfg.test_dataloader.dataset.pipeline
-    steps = [dict(t) for t in pipeline if t.get('type') != 'LoadAnnotations']
-    if steps[0].get('type') in ('LoadImageFromFile', 'LoadImageFromNDArray'):
-        steps[0] = dict(type='LoadImageFromNDArray')
-    else:
-        steps.insert(0, dict(type='LoadImageFromNDArray'))
-    return Compose(steps)
-
-
-def segment(model, cfg: Config, image_bgr: np.ndarray):
-    """Run the test pipeline and the model on one BGR image.
-
-    Returns:
-        SegDataSample: with ``pred_sem_seg`` and metainfo ``dtop_stats``.
-    """
-    data = _test_pipeline(cfg)(dict(img=image_bgr))
-    batch = dict(inputs=[data['inputs']], data_samples=[data['data_samples']])
-    with torch.no_grad():
-        return model.test_step(batch)[0]
+    return model, model.cfg
 
 
 def image_flops(model, stats: dict) -> Dict[str, float]:
@@ -180,24 +145,18 @@ def image_flops(model, stats: dict) -> Dict[str, float]:
         ``gflops_noaux``, ``gflops_dense`` (backbone + final head on all tokens of
         the same crops), ``gflops_dense_allheads``, ``reduction_pct`` (with aux
         heads vs dense), ``num_crops``, ``exit_pct`` (per stage, last = never
-        exited). Computed by :func:`dtop.evaluation.metrics.flops_summary`, the
+        exited). Computed by :func:`dtop.evaluation.metrics.image_gflops`, the
         function behind ``IoUFlopsMetric``, so both report the same numbers (an
         auxiliary head skipped at ``p0 = 1`` costs nothing in either).
     """
-    from dtop.evaluation.flops import DToPCostDims
-    from dtop.evaluation.metrics import _stats_record, flops_summary
+    from dtop.evaluation import DToPCostDims
+    from dtop.evaluation.metrics import image_gflops
     from dtop.visualization import exit_fractions
     dims = DToPCostDims.from_model(model)
-    summary = flops_summary([_stats_record(stats)], dims)
     counts = np.asarray(stats['token_counts'], dtype=np.float64).reshape(-1, dims.num_stages)
-    return dict(gflops=summary['GFLOPs_img'],
-                gflops_noaux=summary['GFLOPs_img_noaux'],
-                gflops_dense=summary['GFLOPs_dense_img'],
-                gflops_dense_allheads=summary['GFLOPs_dense_img_allheads'],
-                num_crops=int(counts.shape[0]),
+    return dict(image_gflops(stats, dims), num_crops=int(counts.shape[0]),
                 exit_pct=[float(100 * f) for f in
-                          exit_fractions(counts, int(stats['grid_tokens']))],
-                reduction_pct=summary['GFLOPs_reduction_pct'])
+                          exit_fractions(counts, int(stats['grid_tokens']))])
 
 
 def render_scale(height: int, width: int, min_side: int = MIN_RENDER_SIDE,
@@ -234,19 +193,18 @@ def render(model, image_rgb: np.ndarray, sample, opacity: float = 0.6) -> np.nda
     """
     from mmengine.visualization import Visualizer
 
+    from dtop.apis import dataset_meta_from_config
     from dtop.visualization import DToPVisualizer
     name = 'dtop_image_demo'
-    if name in Visualizer._instance_dict:
+    if Visualizer.check_instance_created(name):
         vis = Visualizer.get_instance(name)
     else:
         vis = DToPVisualizer(name=name, alpha=opacity)
     meta = getattr(model, 'dataset_meta', None) or {}
     classes, palette = meta.get('classes'), meta.get('palette')
-    if classes is None:
-        num = model.decode_head.num_classes
-        classes = [str(i) for i in range(num)]
-        rng = np.random.default_rng(0)
-        palette = rng.integers(0, 256, (num, 3)).tolist()
+    if classes is None:  # a model not from dtop.apis.init_model
+        meta = dataset_meta_from_config({}, model.decode_head.num_classes)
+        classes, palette = meta['classes'], meta['palette']
     vis.dataset_meta = dict(classes=list(classes), palette=[list(c) for c in palette])
     vis.alpha = opacity
     factor = render_scale(*image_rgb.shape[:2])
@@ -284,9 +242,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
     image = read_image(args.img)
     if args.max_side and max(image.shape[:2]) > args.max_side:
         image = mmcv.imrescale(image, args.max_side / max(image.shape[:2]))
-    model, cfg = build_model(args.config, args.checkpoint, args.device, args.threshold,
+    model, _ = build_model(args.config, args.checkpoint, args.device, args.threshold,
                              args.precision, strict=not args.allow_partial_load)
-    sample = segment(model, cfg, image)
+    sample = inference_model(model, image)
     stats = sample.metainfo['dtop_stats']
     flops = image_flops(model, stats)
     drawn = render(model, mmcv.bgr2rgb(image), sample, args.opacity)

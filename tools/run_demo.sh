@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole DToP story on CPU in minutes, on the embedded synthetic dataset:
 #
-#   bash tools/run_demo.sh [-v] [--model segvit|setr|segmenter] [WORK_DIR]
+#   bash tools/run_demo.sh [-v] [--model segvit|setr|segmenter] [--update-readme-image] [WORK_DIR]
 #
 #   WORK_DIR defaults to work_dirs/demo (segvit) or work_dirs/demo_<model>.
 #   -v, --verbose   show the full output of every step (config dumps, hook tables,
@@ -9,13 +9,17 @@
 #                   the terminal gets one progress line per step and the table.
 #   --model M       which BASE/prune demo config pair to run (default segvit;
 #                   the BASE_CONFIGS / DTOP_CONFIGS table below).
+#   --update-readme-image
+#                   also copy the exit map to resources/demo_exit_map.png, the tracked
+#                   picture of README.md (segvit only). Without it no tracked file
+#                   changes: the picture goes to WORK_DIR/demo_exit_map.png only.
 #
 #   1. set-up (bash tools/setup_env.sh; a no-op when .venv/ is up to date)
 #   2. generate the demo dataset into data/demo/ (deterministic, seconds)
 #   3. train the BASE model            (tools/dist_train.sh)
 #   4. prune fine-tune from the BASE   (tools/dist_train_load.sh), and the fair
 #      control: the same fine-tune with pruning off (p0 = 1), so that the extra
-#      training is not mistaken for an effect of pruning (spec §6.1)
+#      training is not mistaken for an effect of pruning (docs/benchmarks.md#the-demo)
 #   5. test all three (tools/dist_test.sh; the DToP test also paints exit maps)
 #   6. time dense vs pruned inference  (tools/analysis_tools/benchmark.py)
 #   7. print the table: mIoU, GFLOPs with/without the auxiliary heads, tokens
@@ -23,9 +27,9 @@
 #
 # Outputs under WORK_DIR: logs/ (the full output of every step), base/, base_ft/
 # (control), dtop/ (checkpoints, logs, prune_stats.json), test_base/, test_base_ft/,
-# test_dtop/, exit_maps/*.png (GT | prediction | exit stage), benchmark.json,
-# report.md / report.json. For segvit, one exit map is copied to
-# resources/demo_exit_map.png (DEMO_UPDATE_RESOURCES=0 to skip).
+# test_dtop/, exit_maps/*.png (GT | prediction | exit stage), demo_exit_map.png (the
+# first of them, the picture shown in README.md), benchmark.json, report.md /
+# report.json. Only --update-readme-image also copies it to resources/demo_exit_map.png.
 #
 # Nothing is deleted that the demo did not create: the folders it creates (WORK_DIR,
 # DEMO_DATA) get a `.dtop-demo` marker file, and it refuses to write into an existing
@@ -63,30 +67,34 @@ MARKER=.dtop-demo
 # Everything the demo writes into WORK_DIR (an unmarked folder holding only these
 # names is an earlier demo run and is adopted).
 WORK_ENTRIES=" $MARKER logs base base_ft dtop test_base test_base_ft test_dtop exit_maps \
-benchmark.json report.md report.json "
+demo_exit_map.png benchmark.json report.md report.json "
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 T0=$(date +%s)
 
-usage() { sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 fail() { echo "run_demo: $*" >&2; exit 1; }
 
 VERBOSE=0
 MODEL=segvit
 WORK=""
+UPDATE_README_IMAGE=0
 while (( $# )); do
   case "$1" in
     -v|--verbose) VERBOSE=1 ;;
     -h|--help) usage; exit 0 ;;
     --model) (( $# >= 2 )) || fail "--model needs a value ($MODEL_NAMES)"; MODEL="$2"; shift ;;
     --model=*) MODEL="${1#--model=}" ;;
+    --update-readme-image) UPDATE_README_IMAGE=1 ;;
     -*) fail "unknown option $1 (see bash tools/run_demo.sh --help)" ;;
     *) [[ -z "$WORK" ]] || fail "only one WORK_DIR, got '$WORK' and '$1'"; WORK="$1" ;;
   esac
   shift
 done
 [[ -n "${BASE_CONFIGS[$MODEL]:-}" ]] || fail "unknown --model '$MODEL'; choose one of: $MODEL_NAMES"
+[[ "$UPDATE_README_IMAGE" == 0 || "$MODEL" == segvit ]] || fail "--update-readme-image \
+refreshes README.md's picture of the segvit demo; run it with --model segvit"
 BASE_CFG="${BASE_CONFIGS[$MODEL]}"
 DTOP_CFG="${DTOP_CONFIGS[$MODEL]}"
 for cfg in "$BASE_CFG" "$DTOP_CFG"; do
@@ -107,7 +115,6 @@ SHOW_EVERY="${DEMO_SHOW_EVERY:-10}"
 (( SHOW_EVERY >= 1 )) || fail "DEMO_SHOW_EVERY must be >= 1, got $SHOW_EVERY"
 REUSE="${DEMO_REUSE:-0}"
 CONTROL="${DEMO_CONTROL:-1}"
-if [[ "$MODEL" == segvit ]]; then UPDATE_RES="${DEMO_UPDATE_RESOURCES:-1}"; else UPDATE_RES=0; fi
 export GPUS="${GPUS:-1}"
 
 # ----------------------------------------------------- folders the demo may own
@@ -371,10 +378,16 @@ say ""
   || fail "the report failed (python tools/analysis_tools/demo_report.py, see above)"
 say ""
 PICK="$(find "$WORK/exit_maps" -name '*.png' | sort | head -n 1)"
-if [[ "$UPDATE_RES" != 0 && -f "$PICK" ]]; then
-  mkdir -p resources
-  cp "$PICK" resources/demo_exit_map.png
-  say "exit map for the README: resources/demo_exit_map.png (from $PICK)"
+rm -f "$WORK/demo_exit_map.png"
+if [[ -f "$PICK" ]]; then
+  cp "$PICK" "$WORK/demo_exit_map.png"
+  if [[ "$UPDATE_README_IMAGE" == 1 ]]; then
+    mkdir -p resources
+    cp "$PICK" resources/demo_exit_map.png
+    say "exit map for the README: resources/demo_exit_map.png (from $PICK)"
+  else
+    say "exit map: $WORK/demo_exit_map.png (--update-readme-image copies it to resources/)"
+  fi
 fi
 say "report: $WORK/report.md; $N_MAPS exit maps in $WORK/exit_maps/; logs: $LOGS/"
 say "run_demo: done in $(hms $(( $(date +%s) - T0 )))"

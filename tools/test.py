@@ -20,6 +20,7 @@ if _ROOT not in sys.path:
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 
+from dtop.apis import default_work_dir, load_config  # noqa: E402
 from dtop.engine import DToPRunner  # noqa: E402
 from dtop.utils import allow_full_checkpoint_unpickling  # noqa: E402
 from dtop.utils.errors import run_cli  # noqa: E402
@@ -97,32 +98,25 @@ def trigger_visualization_hook(cfg: Config, args: argparse.Namespace) -> Config:
 
 
 def build_config(args: argparse.Namespace) -> Config:
-    """Load the config and apply the command-line settings.
+    """Load the config (:func:`dtop.apis.load_config`) and apply the command-line
+    settings.
 
     Raises:
         FileNotFoundError: missing config or checkpoint file.
+        OptionError: an invalid ``model.prune_threshold`` (or other pruning option).
     """
-    if not osp.isfile(args.config):
-        raise FileNotFoundError(f'config file not found: {args.config}')
-    if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
-        raise FileNotFoundError(f'checkpoint not found: {args.checkpoint}')
-    cfg = Config.fromfile(args.config)
+    cfg = load_config(args.config, args.cfg_options, checkpoint=args.checkpoint,
+                      precision=args.precision)
     cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.precision is not None:
-        cfg.model.setdefault('test_cfg', {})['precision'] = args.precision
-
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+        cfg.work_dir = default_work_dir(args.config)
 
     cfg.load_from = args.checkpoint
     cfg.resume = False
     if args.allow_partial_load:
         cfg.load_strict = False
-    _validate_options(cfg)
 
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
@@ -141,18 +135,6 @@ def build_config(args: argparse.Namespace) -> Config:
             evaluator['output_dir'] = args.out
             evaluator['keep_results'] = True
     return cfg
-
-
-def _validate_options(cfg: Config) -> None:
-    """Check ``model.prune_threshold`` where it enters (config / --cfg-options)."""
-    from dtop.models.pruning.options import validate_prune_threshold
-    model = cfg.get('model', {})
-    if 'prune_threshold' not in model:
-        return
-    out_indices = model.get('backbone', {}).get('out_indices')
-    num_stages = len(out_indices) if isinstance(out_indices, (list, tuple)) else \
-        1 + len(model.get('auxiliary_head') or [])
-    validate_prune_threshold(model.get('prune_threshold'), num_stages)
 
 
 def main(argv=None) -> dict:

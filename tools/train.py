@@ -28,8 +28,8 @@ from mmengine.logging import print_log  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
+from dtop.apis import default_work_dir, load_config, validate_model_options  # noqa: E402
 from dtop.engine import DToPRunner  # noqa: E402
-from dtop.models.pruning.options import validate_prune_threshold  # noqa: E402
 from dtop.utils import allow_full_checkpoint_unpickling  # noqa: E402
 from dtop.utils.errors import run_cli  # noqa: E402
 from dtop.utils.launch import (LAUNCHERS, WorkDirLock, die_with_parent,  # noqa: E402
@@ -84,20 +84,17 @@ def build_config(args: argparse.Namespace) -> Config:
 
     Raises:
         FileNotFoundError: missing config file or ``load_from`` checkpoint.
+        OptionError: an invalid ``model.prune_threshold`` (or other pruning option).
         RuntimeError: ``--amp`` without a CUDA device.
     """
-    if not osp.isfile(args.config):
-        raise FileNotFoundError(f'config file not found: {args.config}')
-    cfg = Config.fromfile(args.config)
+    cfg = load_config(args.config, args.cfg_options)  # also checks the pruning options
     cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
 
     # work_dir priority: CLI > config > ./work_dirs/<config name>
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+        cfg.work_dir = default_work_dir(args.config)
 
     if args.amp:
         if not torch.cuda.is_available():
@@ -122,34 +119,14 @@ def build_config(args: argparse.Namespace) -> Config:
         raise FileNotFoundError(
             f'load_from checkpoint not found: {load_from}. Pass an existing BASE '
             'checkpoint (e.g. WORK_DIR/iter_160000.pth) or a URL.')
-    thresholds = validated_thresholds(cfg)
-    prunes = any(t is not None for t in thresholds)
-    if prunes and not load_from and not cfg.resume:
+    policy = validate_model_options(cfg)
+    if policy is not None and policy.prunes and not load_from and not cfg.resume:
         print_log('This is a prune fine-tune config (prune_threshold < 1) but no '
                   'load_from is set: training starts from the ImageNet backbone and '
                   'random heads, not from a BASE model. Use tools/dist_train_load.sh '
                   'CONFIG WORK_DIR BASE_CKPT for the paper workflow.',
                   logger='current', level=30)
     return cfg
-
-
-def validated_thresholds(cfg: Config) -> list:
-    """``model.prune_threshold`` checked where it enters (config / --cfg-options).
-
-    Returns:
-        list: one threshold (float, or None = no pruning) per auxiliary stage; ``[]``
-        for models without one.
-
-    Raises:
-        ValueError: naming a NaN, string, negative or wrong-length value.
-    """
-    model = cfg.get('model', {})
-    if 'prune_threshold' not in model:
-        return []
-    out_indices = model.get('backbone', {}).get('out_indices')
-    num_stages = len(out_indices) if isinstance(out_indices, (list, tuple)) else \
-        1 + len(model.get('auxiliary_head') or [])
-    return validate_prune_threshold(model.get('prune_threshold'), num_stages)
 
 
 def build_runner(cfg: Config) -> Runner:

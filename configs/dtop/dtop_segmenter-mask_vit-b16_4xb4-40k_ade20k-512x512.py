@@ -1,5 +1,4 @@
-# Prune fine-tune (+DToP), Segmenter (mask transformer) ViT-B/16 on ADE20K 512x512
-# (issue 10).
+# Prune fine-tune (+DToP), Segmenter (mask transformer) ViT-B/16 on ADE20K 512x512.
 #
 #   bash tools/dist_train_load.sh THIS_CONFIG WORK_DIR BASE_CKPT
 #

@@ -1,5 +1,5 @@
-# BASE model, Segmenter (mask transformer) ViT-B/16 on ADE20K 512x512 (issue 10):
-# mmseg's Segmenter-B plus DToP's two auxiliary ATM heads after layers 5 / 7,
+# BASE model, Segmenter (mask transformer) ViT-B/16 on ADE20K 512x512: mmseg's
+# Segmenter-B plus DToP's two auxiliary ATM heads after layers 5 / 7,
 # trained densely (prune_threshold = 1.0). Recipe: mmseg's Segmenter ADE20K one —
 # SGD lr 0.001, momentum 0.9, no weight decay, PolyLR (power 0.9, eta_min 1e-4) over
 # 160k iterations — at batch 16 (4 GPUs x 4; mmseg uses 8 x 1), with the auxiliary

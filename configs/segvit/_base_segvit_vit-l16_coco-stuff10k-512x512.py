@@ -3,9 +3,10 @@
 # + schedule_20k). Not a runnable config by itself (no schedule); the leading
 # underscore keeps it apart from the configs of the results table.
 #
-# The heads are those of _base_/models/dtop_vit-l16.py (one place for the ATM head
-# and loss settings) with 171 classes and 16 attention heads, as the official
-# COCO-Stuff-10K config; 512x512 crops, slide test 512/341; evaluated on test2014.
+# The heads are those of _base_/models/dtop_vit-l16.py (whose ATM head and loss
+# settings are declared once, in dtop_vit-b16.py) with 171 classes and 16 attention
+# heads, as the official COCO-Stuff-10K config; 512x512 crops, slide test 512/341;
+# evaluated on test2014.
 _base_ = [
     '../_base_/models/dtop_vit-l16.py', '../_base_/datasets/coco-stuff10k.py',
     '../_base_/default_runtime.py'

@@ -3,9 +3,9 @@
 # + schedule_40k). Not a runnable config by itself (no schedule); the leading
 # underscore keeps it apart from the configs of the results table.
 #
-# The heads are those of _base_/models/dtop_vit-l16.py (one place for the ATM head
-# and loss settings) with 59 classes and 16 attention heads, as the official PC-59
-# config; 480x480 crops, slide test 480/320.
+# The heads are those of _base_/models/dtop_vit-l16.py (whose ATM head and loss
+# settings are declared once, in dtop_vit-b16.py) with 59 classes and 16 attention
+# heads, as the official PC-59 config; 480x480 crops, slide test 480/320.
 _base_ = [
     '../_base_/models/dtop_vit-l16.py', '../_base_/datasets/pascal_context_59.py',
     '../_base_/default_runtime.py'

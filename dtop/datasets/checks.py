@@ -194,13 +194,13 @@ class CheckedPipeline:
                 f'{_FIX.format(split=self.split)}.')
 
 
-def _iter_base_datasets(dataset):
+def iter_base_datasets(dataset):
     """The datasets with a pipeline inside (possibly wrapped) ``dataset``."""
     if hasattr(dataset, 'datasets'):  # ConcatDataset
         for d in dataset.datasets:
-            yield from _iter_base_datasets(d)
+            yield from iter_base_datasets(d)
     elif hasattr(dataset, 'dataset') and not hasattr(dataset, 'pipeline'):
-        yield from _iter_base_datasets(dataset.dataset)  # Repeat / ClassBalanced / sliced
+        yield from iter_base_datasets(dataset.dataset)  # Repeat / ClassBalanced / sliced
     elif hasattr(dataset, 'pipeline'):
         yield dataset
 
@@ -256,7 +256,7 @@ def check_not_empty(dataset, split: str) -> None:
     """
     if len(dataset) > 0:
         return
-    inner = next(iter(_iter_base_datasets(dataset)), dataset)
+    inner = next(iter(iter_base_datasets(dataset)), dataset)
     raise DataError(_empty_message(split, describe_dataset_source(inner),
                                    getattr(inner, 'data_root', None)))
 
@@ -291,7 +291,7 @@ def install_sample_checks(dataset, split: str = 'val') -> int:
         int: the number of pipelines wrapped now.
     """
     wrapped = 0
-    for ds in _iter_base_datasets(dataset):
+    for ds in iter_base_datasets(dataset):
         if isinstance(ds.pipeline, CheckedPipeline):
             continue
         meta = getattr(ds, 'metainfo', None) or {}
@@ -303,7 +303,7 @@ def install_sample_checks(dataset, split: str = 'val') -> int:
 
 
 # ------------------------------------------------------------------ full decoding
-def _load_transforms(pipeline_cfg: Optional[Sequence[dict]]):
+def build_load_transforms(pipeline_cfg: Optional[Sequence[dict]]):
     """mmseg's LoadImageFromFile / LoadAnnotations with the config's arguments."""
     from mmseg.registry import TRANSFORMS
     img_cfg, ann_cfg = dict(type='LoadImageFromFile'), dict(type='LoadAnnotations')
@@ -332,7 +332,7 @@ def check_sample(info: dict, num_classes: int, ignore_index: int = 255,
         ``unreadable annotation``, ``annotation mode``, ``size mismatch``,
         ``labels out of range`` and ``tiny image``. Empty when the sample is fine.
     """
-    load_img, load_ann = loaders or _load_transforms(None)
+    load_img, load_ann = loaders or build_load_transforms(None)
     img_path, seg_path = info.get('img_path'), info.get('seg_map_path')
     problems: Dict[str, str] = {}
     header = inspect_sample_files(img_path, seg_path)

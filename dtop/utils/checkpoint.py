@@ -13,7 +13,7 @@ switch is the documented ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` variable; set it t
 ``0`` yourself to keep PyTorch's safe default (then resume/load_from of mmengine
 checkpoints will fail).
 
-Reading and loading (issue 11: nothing lost, nothing silently wrong):
+Reading and loading (nothing lost, nothing silently wrong; docs/robustness.md):
 
 * :func:`read_checkpoint`: one-line :class:`CheckpointError` naming the file and
   what is wrong (missing, empty, truncated, garbage, not a dict).

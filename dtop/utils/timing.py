@@ -2,7 +2,8 @@
 
 Timing tools (``tools/analysis_tools/benchmark.py``, ``sweep_threshold.py``) call
 this module so that a number measured while another process used the CPU is never
-reported without a warning (the issue that motivated it: a batch-1 "speedup 0.019").
+reported without a warning (a busy machine can turn a real speedup into a reported
+"speedup 0.019" at batch 1).
 
 Usage::
 

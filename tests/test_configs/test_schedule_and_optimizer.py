@@ -1,4 +1,4 @@
-"""The shipped optimiser and lr schedule, built by mmengine and stepped (spec §4.1)."""
+"""The shipped optimiser and lr schedule, built by mmengine and stepped (docs/differences.md)."""
 from pathlib import Path
 
 import pytest
@@ -8,7 +8,7 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.registry import PARAM_SCHEDULERS
 from mmseg.registry import MODELS
 
-from dtop.testing import tiny_dtop_model_cfg
+from tests.utils.tiny_models import tiny_dtop_model_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
 COCO_PRUNE = ROOT / 'configs/dtop/dtop_segvit_vit-l16_4xb4-20k_coco-stuff10k-512x512.py'

@@ -1,8 +1,8 @@
-"""Every shipped BASE/prune config: faithful to the recipe (spec §1, §4), builds its
+"""Every shipped BASE/prune config: faithful to the recipe (docs/method.md §1, §2, §5), builds its
 model with real dimensions, and builds/runs its data pipelines (no dataset needed).
 
 Parameter counts are printed (``pytest -s``) and checked against the closed-form
-count of spec §1 (backbone) and §1.3 (heads).
+count of the backbone and the heads (docs/method.md §1, §2).
 """
 import gc
 import os.path as osp
@@ -85,7 +85,7 @@ def test_config_follows_the_recipe(row, kind):
     name = osp.basename(e[kind])
     assert f'_4xb4-{iters // 1000}k_' in name
 
-    # model (spec §1)
+    # model (docs/method.md §1-2)
     m = cfg.model
     assert m.type == 'DToPEncoderDecoder'
     bb = m.backbone
@@ -120,9 +120,9 @@ def test_config_follows_the_recipe(row, kind):
     assert pre.mean == e['norm']['mean'] and pre.std == e['norm']['std']
     assert pre.bgr_to_rgb is True and (pre.pad_val, pre.seg_pad_val) == (0, 255)
     assert tuple(pre.size) == (e['crop'], e['crop'])
-    assert 'test_cfg' not in pre  # no test-time padding (spec §4.1)
+    assert 'test_cfg' not in pre  # no test-time padding (the official recipe, docs/differences.md)
 
-    # data (spec §4.1, §4.2)
+    # data (the official recipe, docs/differences.md)
     tdl = cfg.train_dataloader
     assert tdl.batch_size == 4 and tdl.sampler.type == 'InfiniteSampler'
     for loader, split in ((tdl, 'train'), (cfg.val_dataloader, 'val')):
@@ -149,7 +149,7 @@ def test_config_follows_the_recipe(row, kind):
     assert cfg.val_evaluator.type == 'IoUFlopsMetric' and cfg.val_evaluator.iou_metrics == ['mIoU']
     assert {h.type for h in cfg.custom_hooks} >= {'FlopsMetricDimsHook', 'PruneStatsHook'}
 
-    # optimisation (spec §4.1)
+    # optimisation (the official recipe, docs/differences.md)
     ow = cfg.optim_wrapper
     assert ow.type == 'OptimWrapper' and ow.clip_grad is None
     assert ow.optimizer == dict(type='AdamW', lr=2e-5, betas=(0.9, 0.999), weight_decay=0.01)
@@ -179,7 +179,7 @@ def test_prune_config_differs_from_its_base_only_in_pruning_and_schedule(row):
 
 
 def _expected_params(arch: str, crop: int, num_classes: int) -> dict:
-    """Closed-form parameter counts of spec §1 (mmseg ViT + ATM prune head)."""
+    """Closed-form parameter counts (mmseg ViT + ATM prune head)."""
     a = ARCH[arch]
     D, L, d = a['embed_dims'], a['num_layers'], a['channels']
     n_tokens = (crop // 16) ** 2

@@ -82,7 +82,7 @@ def test_image_demo_without_pruning_and_max_side(tmp_path, checkpoint, capsys):
     assert res['shape'] == [143, 200]
     assert res['exit_pct'][:-1] == [0.0, 0.0] and res['exit_pct'][-1] == pytest.approx(100)
     # p0 = 1: the idle auxiliary heads are skipped, so nothing is saved and nothing is
-    # added (issue 11: it used to print "-5.0 % less", counting the skipped heads)
+    # added (not "-5.0 % less", which counting the skipped heads would give)
     assert res['gflops'] == pytest.approx(res['gflops_dense'])
     assert res['reduction_pct'] == pytest.approx(0.0, abs=1e-9)
     out = capsys.readouterr().out
@@ -98,7 +98,7 @@ def test_image_demo_errors(tmp_path, checkpoint):
         demo.main([img, PRUNE_CFG, str(tmp_path / 'none.pth')])
 
 
-# ------------------------------------------------------------- issue 11: robustness
+# ------------------------------------------- robustness (docs/robustness.md)
 def _metric_gflops(model, sample):
     """What IoUFlopsMetric reports for this one sample (through process/compute)."""
     from dtop.evaluation import DToPCostDims, IoUFlopsMetric
@@ -113,9 +113,10 @@ def _metric_gflops(model, sample):
 @pytest.mark.parametrize('threshold', ['1.0', '0.2'])
 def test_image_demo_gflops_match_the_metric(tmp_path, checkpoint, threshold):
     demo = _load_demo_module()
-    model, cfg = demo.build_model(PRUNE_CFG, checkpoint, 'cpu', [float(threshold)])
+    from dtop.apis import inference_model
+    model, _ = demo.build_model(PRUNE_CFG, checkpoint, 'cpu', [float(threshold)])
     image = cv2.imread(_write_image(tmp_path / 's.jpg', 150, 220, seed=5))
-    sample = demo.segment(model, cfg, image)
+    sample = inference_model(model, image)
     flops = demo.image_flops(model, sample.metainfo['dtop_stats'])
     metric = _metric_gflops(model, sample)
     assert flops['gflops'] == pytest.approx(metric['GFLOPs_img'], abs=1e-4)
@@ -167,11 +168,11 @@ def test_image_demo_validates_options(tmp_path, checkpoint, capsys):
 
 
 def test_image_demo_refuses_a_checkpoint_of_another_config(tmp_path, checkpoint):
-    from dtop.testing import tiny_dtop_model_cfg
+    from tests.utils.tiny_models import tiny_model_cfg
     from dtop.utils.errors import CheckpointMismatchError
     demo = _load_demo_module()
     torch.manual_seed(1)
-    other = MODELS.build(tiny_dtop_model_cfg(num_classes=10, embed_dims=32))
+    other = MODELS.build(tiny_model_cfg(num_classes=10, embed_dims=32))
     path = tmp_path / 'other.pth'
     torch.save(dict(state_dict=other.state_dict()), str(path))
     img = _write_image(tmp_path / 'x.jpg', 64, 64)

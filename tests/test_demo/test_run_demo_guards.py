@@ -1,7 +1,8 @@
 """tools/run_demo.sh refuses what would lose data or waste time, before any work.
 
 Each case stops in the script's first second (no training): a folder the demo did
-not create, DEMO_REUSE=1 without checkpoints, an unknown or unwritten --model.
+not create, DEMO_REUSE=1 without checkpoints, an unknown or unwritten --model,
+--update-readme-image for a model whose picture the README does not show.
 """
 import os
 import re
@@ -17,8 +18,7 @@ SCRIPT = ROOT / 'tools' / 'run_demo.sh'
 
 
 def run_demo(*args, script=SCRIPT, **env):
-    full_env = dict(os.environ, DEMO_SKIP_SETUP='1', PYTHON=sys.executable,
-                    DEMO_UPDATE_RESOURCES='0')
+    full_env = dict(os.environ, DEMO_SKIP_SETUP='1', PYTHON=sys.executable)
     full_env.update(env)
     return subprocess.run(['bash', str(script), *map(str, args)], cwd=ROOT, env=full_env,
                           capture_output=True, text=True, timeout=60)
@@ -114,11 +114,26 @@ def test_default_work_dir_is_per_model(model, work, tmp_path):
     assert f'WORK_DIR {work} is an existing folder' in proc.stderr, proc.stderr
 
 
+def test_update_readme_image_is_for_the_segvit_demo_only(tmp_path):
+    """README.md shows the segvit demo's exit map: another model refuses the option
+    before it creates anything."""
+    image = ROOT / 'resources' / 'demo_exit_map.png'
+    before = image.read_bytes() if image.is_file() else None
+    proc = run_demo('--model', 'setr', '--update-readme-image', tmp_path / 'w',
+                    DEMO_DATA=tmp_path / 'data')
+    assert proc.returncode == 1
+    assert '--update-readme-image refreshes README.md\'s picture of the segvit demo' \
+        in proc.stderr, proc.stderr
+    assert not (tmp_path / 'w').exists() and not (tmp_path / 'data').exists()
+    assert (image.read_bytes() if image.is_file() else None) == before
+
+
 def test_help_and_bad_option():
     proc = run_demo('--help')
     assert proc.returncode == 0
-    assert 'bash tools/run_demo.sh [-v] [--model segvit|setr|segmenter] [WORK_DIR]' \
-        in proc.stdout
+    assert 'bash tools/run_demo.sh [-v] [--model segvit|setr|segmenter] ' \
+        '[--update-readme-image] [WORK_DIR]' in proc.stdout
+    assert '--update-readme-image' in proc.stdout.split('[WORK_DIR]', 1)[1]  # explained
     proc = run_demo('--fast')
     assert proc.returncode == 1 and 'unknown option --fast' in proc.stderr
 

@@ -1,4 +1,4 @@
-"""DToP on mmseg's SETR-naive and Segmenter models (issue 10).
+"""DToP on mmseg's SETR-naive and Segmenter models (docs/other_segmenters.md).
 
 * p0 = 1: outputs (whole and slide) and losses equal mmseg's dense
   ``EncoderDecoder`` loaded from a checkpoint saved from it (strict loading);
@@ -19,7 +19,7 @@ from mmseg.structures import SegDataSample
 
 import dtop  # noqa: F401
 from dtop.models.mmseg_dense import dtop_to_mmseg_state_dict, mmseg_dense_model_cfg
-from dtop.testing_segmenters import tiny_segmenter_model_cfg, tiny_setr_model_cfg
+from tests.utils.tiny_models import tiny_model_cfg
 from test_pruning_rule import reference_exits
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
@@ -28,8 +28,7 @@ KINDS = ['setr', 'segmenter']
 
 
 def model_cfg(kind, **kw):
-    fn = tiny_setr_model_cfg if kind == 'setr' else tiny_segmenter_model_cfg
-    return fn(num_classes=NUM_CLASSES, **kw)
+    return tiny_model_cfg(kind, num_classes=NUM_CLASSES, **kw)
 
 
 def perturb_mmseg(model, seed):
@@ -264,9 +263,8 @@ def test_fast_path_equals_per_image_reference(kind):
 
 
 def test_mmseg_dense_cfg_refuses_atm_decode_head():
-    from dtop.testing import tiny_dtop_model_cfg
     with pytest.raises(ValueError, match='no mmseg counterpart'):
-        mmseg_dense_model_cfg(tiny_dtop_model_cfg())
+        mmseg_dense_model_cfg(tiny_model_cfg('segvit'))
 
 
 # ----------------------------------------------------------------------- configs

@@ -15,7 +15,7 @@ from PIL import Image
 import dtop  # noqa: F401
 import dtop.evaluation  # noqa: F401
 from dtop.evaluation.flops import DToPCostDims, dense_flops
-from dtop.testing import tiny_dtop_model_cfg
+from tests.utils.tiny_models import tiny_model_cfg
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
 NUM_CLASSES = 150  # ADE20KDataset's classes
@@ -48,8 +48,8 @@ def make_ade_dataset(root, num_images=3):
 
 
 def write_config(tmp_path, data_root, prune_threshold=0.9):
-    model = tiny_dtop_model_cfg(num_classes=NUM_CLASSES, img_size=(64, 64),
-                                prune_threshold=prune_threshold, test_mode='slide')
+    model = tiny_model_cfg(num_classes=NUM_CLASSES, img_size=(64, 64),
+                           prune_threshold=prune_threshold, test_mode='slide')
     model['test_cfg']['crop_batch_size'] = 2
     pipeline = [dict(type='LoadImageFromFile'),
                 dict(type='Resize', scale=(128, 64), keep_ratio=True),
@@ -120,46 +120,62 @@ def test_get_flops_tiny_config_matches_analytic(tiny_setup, tmp_path):
     assert got == pytest.approx(want, rel=1e-6)
 
 
-def test_force_keep_ratio_counts_and_dense_references(tiny_setup):
+def test_benchmark_variants_are_policies_of_the_model(tiny_setup):
+    """dense / dense+aux / p0=1 / pruned are exit policies of the model's own loop."""
     bench = load_tool('benchmark')
     init_default_scope('mmseg')
     model = MODELS.build(tiny_setup['model_cfg'])
     model.load_state_dict(torch.load(tiny_setup['ckpt'])['state_dict'])
     model.eval()
     x = torch.randn(3, 3, 64, 64)
+
+    def run(variant, **kw):
+        policy, skip = bench.variant_setup(variant, model.exit_policy, **kw)
+        model.set_exit_policy(policy)
+        model.test_cfg['skip_idle_aux_heads'] = skip
+        return model.encode_decode_with_stats(x)
+
     with torch.no_grad():
         model.prune_threshold = [None, None]
         ref = model.encode_decode(x, [])
-        torch.testing.assert_close(bench.dense_forward(model, x), ref)
-        torch.testing.assert_close(bench.dense_forward(model, x, all_heads=True), ref)
+        for variant, heads in (('dense', (False, False, True)),
+                               ('p0=1', (False, False, True)),
+                               ('dense+aux', (True, True, True))):
+            seg, out = run(variant)
+            torch.testing.assert_close(seg, ref)
+            assert out.heads_run == heads and out.active_counts.tolist() == [[16] * 3] * 3
+        model.test_cfg['skip_idle_aux_heads'] = True
         for exit_by in ('score', 'random'):
-            bench.force_keep_ratio(model, [0.5], exit_by=exit_by)
+            model.set_exit_policy(bench.keep_ratio_policy([0.5], exit_by=exit_by))
             out = model.run_stages(x)
             # 16 tokens -> 8 -> 4, exactly, for every image
             assert out.active_counts.tolist() == [[16, 8, 4]] * 3
             assert (out.exit_stage == 0).sum().item() == 3 * 8
-        bench.force_keep_ratio(model, [0.75, 0.5], jitter=0.25, seed=1)
-        counts = model.run_stages(x).active_counts
+        _, out = run('pruned', keep_ratio=[0.75, 0.5], keep_jitter=0.25, seed=1)
+        counts = out.active_counts
         assert (counts[:, 0] == 16).all() and (counts[:, 1] <= 16).all()
         assert (counts[:, 2] <= counts[:, 1]).all()
+        _, out = run('pruned', threshold=[0.5])
+        assert model.prune_threshold == [0.5, 0.5]
         # by score: the most confident tokens exit
-        bench.force_keep_ratio(model, [0.5, 1.0])
+        model.set_exit_policy(bench.keep_ratio_policy([0.5, 1.0]))
         out = model.run_stages(x)
-        from dtop.models.pruning.rule import token_scores
+        from dtop.models.decode_heads.atm_prune_head import token_scores
         out0, canvas0 = out.head_outputs[0]
         conf = token_scores(out0.image_values, canvas0.flatten(2)).amax(1)  # stage-0 scores
         exited = out.exit_stage.flatten(1) == 0
         for b in range(3):
             assert conf[b][exited[b]].min() >= conf[b][~exited[b]].max()
-    with pytest.raises(ValueError, match='1 or 2 values'):
-        bench.force_keep_ratio(model, [0.5, 0.5, 0.5])
+    with pytest.raises(ValueError, match='one number or 2'):
+        model.set_exit_policy(bench.keep_ratio_policy([0.5, 0.5, 0.5]))
 
 
 def test_benchmark_units_are_slide_windows_or_whole_images(tiny_setup, capsys):
     bench = load_tool('benchmark')
     init_default_scope('mmseg')
-    cfg = bench.load_cfg(tiny_setup['config'])
-    model = bench.build_model(cfg, tiny_setup['ckpt'], 'cpu')
+    from dtop.apis import init_model, load_config
+    cfg = load_config(tiny_setup['config'])
+    model = init_model(cfg, tiny_setup['ckpt'], device='cpu')
     images = []  # the test images as the model's data preprocessor gives them
     from mmengine.runner import Runner
     loader = Runner.build_dataloader(dict(cfg.test_dataloader, num_workers=0,
@@ -199,7 +215,7 @@ def test_benchmark_end_to_end(tiny_setup, tmp_path, capsys, restore_threads):
                       '--out', str(out), '--device', 'cpu', '--threads', '1'])
     rows = res['rows']
     assert {(r['batch_size'], r['variant']) for r in rows} == {
-        (b, v) for b in (1, 2) for v in ('dense', 'dense+aux', 'p0=1', 'pruned')}
+        (b, v) for b in (1, 2) for v in ('dense', 'dense+aux', 'pruned')}
     for r in rows:
         assert r['crops_per_s'] > 0 and len(r['times_s']) == 2
         assert r['realization'] == pytest.approx(r['speedup'] / r['gflops_reduction'])
@@ -213,11 +229,19 @@ def test_benchmark_end_to_end(tiny_setup, tmp_path, capsys, restore_threads):
         assert r['gflops_executed'] == pytest.approx(r['gflops'])  # equal counts: no padding
     assert json.loads(out.read_text())['rows'][0]['crop_shape'] == [64, 64]
     assert 'realiz.' in capsys.readouterr().out
-    # the model's own threshold (no forced ratio) also runs
+    for r in rows:  # dense: backbone + final head; dense+aux: every head on every token
+        if r['variant'] != 'pruned':
+            assert r['keep_frac'] == [1.0] * 3 and r['gflops_executed'] == r['gflops']
+            key = 'backbone_final_head' if r['variant'] == 'dense' else 'backbone_all_heads'
+            assert r['gflops'] == pytest.approx(dense[key] / 1e9)
+            assert r['heads_run'] == [r['variant'] == 'dense+aux'] * 2 + [True]
+    # p0=1 is an alias of dense; --threshold installs ConfidenceThreshold(p0)
     res = bench.main([tiny_setup['config'], tiny_setup['ckpt'], '--batch-sizes', '2',
-                      '--variants', 'dense', 'pruned', '--repeats', '1', '--warmup', '0',
-                      '--threshold', '0.5', '--threads', '1'])
-    assert len(res['rows']) == 2
+                      '--variants', 'dense', 'p0=1', 'pruned', '--repeats', '1',
+                      '--warmup', '0', '--threshold', '0.5', '--threads', '1'])
+    rows = {r['variant']: r for r in res['rows']}
+    assert len(rows) == 3 and rows['p0=1']['gflops'] == rows['dense']['gflops']
+    assert rows['pruned']['exit_policy'].startswith('ConfidenceThreshold(p0=0.5')
 
 
 def test_sweep_threshold_end_to_end(tiny_setup, tmp_path):

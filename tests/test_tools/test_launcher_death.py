@@ -1,4 +1,4 @@
-"""A torchrun killed with SIGKILL takes its training worker with it (issue 11): the
+"""A torchrun killed with SIGKILL takes its training worker with it: the
 orphan used to keep training and writing checkpoints into WORK_DIR."""
 import os
 import signal

@@ -334,9 +334,9 @@ def test_mmpretrain_layer_scale_is_rejected():
 
 
 # ----------------------------------------------------------------------------- official
-# ../shared/docs/official-checkpoint-layout.md, expanded for its tiny model: embed 64,
-# 6 layers, heads after layers [1, 3, 5], channels 32, 5 classes, 3 decoder layers per
-# head, 64x64 crop. {L} = backbone layer, {D} = decoder layer; every head prefix below.
+# The official DToP state-dict layout (docs/model.md#checkpoint-layout), expanded for a
+# tiny model: embed 64, 6 layers, heads after layers [1, 3, 5], channels 32, 5 classes,
+# 3 decoder layers per head, 64x64 crop. {L} = backbone layer, {D} = decoder layer; every head prefix below.
 OFFICIAL_BACKBONE = [
     ('backbone.cls_token', (1, 1, 64)),
     ('backbone.pos_embed', (1, 17, 64)),
@@ -414,10 +414,10 @@ def test_official_checkpoint_layout_loads_strictly():
     Segmenter ImageNet checkpoints) have one.
     """
     from mmseg.utils import register_all_modules
-    from dtop.testing import tiny_dtop_model_cfg
+    from tests.utils.tiny_models import tiny_model_cfg
     register_all_modules(init_default_scope=False)
-    cfg = tiny_dtop_model_cfg(num_classes=5, embed_dims=64, num_layers=6, out_indices=(1, 3, 5),
-                              channels=32, head_heads=2, head_layers=3, img_size=(64, 64))
+    cfg = tiny_model_cfg(num_classes=5, embed_dims=64, num_layers=6, out_indices=(1, 3, 5),
+                         channels=32, head_heads=2, head_layers=3, img_size=(64, 64))
     cfg['backbone'].update(mlp_ratio=4, patch_bias=True)
     model = MODELS.build(cfg)
     official = official_tiny_state_dict()

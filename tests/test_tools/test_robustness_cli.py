@@ -1,4 +1,4 @@
-"""Issue 11 through the tools, on a tiny model and a generated ADE-layout dataset:
+"""Robustness (docs/robustness.md) through the tools, on a tiny model and a generated ADE-layout dataset:
 checkpoints that do not fit or cannot be read, bad data files, empty data roots,
 bad options, and test-time augmentation statistics. Every case must stop with a
 message naming the thing and the fix, or behave correctly."""

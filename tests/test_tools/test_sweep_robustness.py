@@ -1,4 +1,4 @@
-"""sweep_threshold.py notices a busy machine and disagreeing repeats (issue 11), loads
+"""sweep_threshold.py notices a busy machine and disagreeing repeats, loads
 its checkpoint strictly and validates the thresholds."""
 import json
 

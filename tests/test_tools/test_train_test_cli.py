@@ -10,7 +10,7 @@ from mmengine.registry import MODEL_WRAPPERS
 from mmseg.registry import MODELS
 
 from _tiny_runs import BASE_CONFIG, PRUNE_CONFIG, ROOT, free_port
-from dtop.testing import tiny_dtop_model_cfg
+from tests.utils.tiny_models import tiny_model_cfg
 from dtop.utils.launch import configure_cpu_ddp, init_cpu_process_group, prepare_distributed
 
 
@@ -109,7 +109,7 @@ def test_test_tta_swaps_model_and_pipeline(tmp_path):
     ckpt = tmp_path / 'model.pth'
     ckpt.write_bytes(b'')
     cfg = test_tool.build_config(test_tool.parse_args([str(BASE_CONFIG), str(ckpt), '--tta']))
-    assert cfg.model.type == 'DToPTTAModel'  # keeps every pass's dtop_stats (issue 11)
+    assert cfg.model.type == 'DToPTTAModel'  # keeps every pass's dtop_stats
     assert cfg.model.module.type == 'DToPEncoderDecoder'
     assert cfg.test_dataloader.dataset.pipeline[1].type == 'TestTimeAug'
 
@@ -174,7 +174,7 @@ def test_cpu_ddp_wraps_a_dtop_model(monkeypatch):
     try:
         prepare_distributed(cfg, 'pytorch', cuda_available=False)
         assert dist.is_initialized() and dist.get_backend() == 'gloo'
-        model = MODELS.build(tiny_dtop_model_cfg())
+        model = MODELS.build(tiny_model_cfg())
         # what mmengine's Runner.wrap_model does with a model_wrapper_cfg
         wrapped = MODEL_WRAPPERS.build(dict(cfg.model_wrapper_cfg),
                                        default_args=dict(module=model, device_ids=[0]))

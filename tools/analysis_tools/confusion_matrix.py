@@ -140,23 +140,11 @@ def plot(norm: np.ndarray, classes: Sequence[str], path: str, title: str,
 
 
 def build(cfg_path: str, checkpoint: str, cfg_options: Optional[dict], device: str):
-    """Config, model (checkpoint loaded strictly, eval mode) for inference."""
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
-
-    import dtop  # noqa: F401  (registers the DToP modules)
-    from dtop.utils.checkpoint import allow_full_checkpoint_unpickling, load_checkpoint_strict
-    cfg = Config.fromfile(cfg_path)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
-    if cfg.model.get('backbone', {}).get('init_cfg') is not None:
-        cfg.model.backbone.init_cfg = None  # the checkpoint has every weight
-    model = MODELS.build(cfg.model)
-    allow_full_checkpoint_unpickling()
-    load_checkpoint_strict(model, checkpoint)
-    return cfg, model.to(device).eval()
+    """Config and model (checkpoint loaded strictly, eval mode) for inference,
+    through :func:`dtop.apis.init_model`."""
+    from dtop.apis import init_model
+    model = init_model(cfg_path, checkpoint, device=device, cfg_options=cfg_options)
+    return model.cfg, model
 
 
 def main(argv: Optional[List[str]] = None) -> dict:

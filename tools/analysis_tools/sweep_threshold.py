@@ -1,7 +1,9 @@
 """Sweep DToP's pruning threshold p0 at inference: mIoU vs GFLOPs vs time.
 
 One checkpoint, several ``p0`` values (inference only, no fine-tune): each value is
-evaluated on the config's test set with :class:`IoUFlopsMetric`, timing every test
+installed as the model's exit policy, ``model.set_exit_policy(ConfidenceThreshold(p0,
+k))`` (the paper's rule, with the model's ``k``), and evaluated on the config's test
+set with :class:`IoUFlopsMetric`, timing every test
 iteration (forward + metric update; data loading excluded) -> ``s_per_img``.
 Writes ``sweep.csv``, ``sweep.md`` and ``sweep.png`` (mIoU vs GFLOPs per
 image, with and without the auxiliary heads, and mIoU vs measured seconds per
@@ -13,6 +15,10 @@ load average and the CPU share of other processes during its runs, and, with
 disagree by more than ``--max-spread`` or that ran while other processes used
 the CPU gets a warning (printed, and listed under the table in ``sweep.md``).
 
+The test-split runs are :class:`dtop.utils.benchmarking.PolicyEvaluator` (one
+runner, the checkpoint loaded once), shared with ``ablate_exit_policy.py``, which
+compares this rule with fixed-ratio and random exit at the same cost.
+
 Example::
 
     python tools/analysis_tools/sweep_threshold.py CONFIG CKPT \\
@@ -21,14 +27,10 @@ Example::
 import argparse
 import csv
 import json
-import numbers
 import os
 import os.path as osp
 import sys
-import time
 from typing import Dict, List, Optional
-
-from mmengine.hooks import Hook
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
 if ROOT not in sys.path:
@@ -41,27 +43,12 @@ COLUMNS = ['p0', 'mIoU', 'aAcc', 'GFLOPs_img', 'GFLOPs_img_std', 'GFLOPs_img_noa
            'repeats', 'loadavg_1m', 'others_cpu_pct', 'num_images']
 
 
-def _p0(text: str):
-    """argparse type for one p0: a finite number (checked by validate_prune_threshold)."""
-    from dtop.models.pruning.options import validate_prune_threshold
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f'--thresholds values must be numbers in [0, 1] (>= 1 disables pruning), '
-            f'got {text!r}') from None
-    try:
-        validate_prune_threshold(value, 2)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return value
-
-
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    from dtop.utils.benchmarking import p0_type
     p = argparse.ArgumentParser(description='mIoU / GFLOPs / time vs p0')
     p.add_argument('config', help='config file')
     p.add_argument('checkpoint', help='checkpoint to evaluate')
-    p.add_argument('--thresholds', type=_p0, nargs='+', required=True,
+    p.add_argument('--thresholds', type=p0_type, nargs='+', required=True,
                    help='p0 values (>= 1 disables pruning)')
     p.add_argument('--repeats', type=int, default=1,
                    help='timed runs per p0 (the median is reported, and their spread '
@@ -83,69 +70,20 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+# The test-split machinery is shared with ablate_exit_policy.py.
 def prepare_cfg(cfg, checkpoint: str, work_dir: str, num_images: Optional[int]):
-    """Test-only config: IoUFlopsMetric + dims hook, checkpoint, work dir, subset."""
-    cfg.work_dir = work_dir
-    cfg.load_from = checkpoint
-    cfg.resume = False
-    evaluator = cfg.get('test_evaluator', None) or dict(type='IoUMetric')
-    if isinstance(evaluator, (list, tuple)):
-        raise ValueError('sweep_threshold expects a single test_evaluator')
-    evaluator = dict(evaluator)
-    if evaluator.get('type') in ('IoUMetric', 'mmseg.IoUMetric'):
-        evaluator['type'] = 'IoUFlopsMetric'
-    if evaluator.get('type') != 'IoUFlopsMetric':
-        raise ValueError(f'test_evaluator must be IoUMetric/IoUFlopsMetric, got '
-                         f'{evaluator.get("type")}')
-    evaluator.pop('format_only', None)
-    cfg.test_evaluator = evaluator
-    hooks = list(cfg.get('custom_hooks', None) or [])
-    if not any(h.get('type') == 'FlopsMetricDimsHook' for h in hooks):
-        hooks.append(dict(type='FlopsMetricDimsHook'))
-    cfg.custom_hooks = hooks
-    if num_images:
-        cfg.test_dataloader.dataset['indices'] = int(num_images)
-    custom = dict(cfg.get('custom_imports', None) or dict(imports=[]))
-    imports = list(custom.get('imports', []))
-    for mod in ('dtop', 'dtop.evaluation'):
-        if mod not in imports:
-            imports.append(mod)
-    custom['imports'] = imports
-    cfg.custom_imports = custom
-    return cfg
-
-
-class SweepIterTimer(Hook):
-    """Hook timing each test iteration (model forward + metric update, synchronised
-    on GPU); data loading, checkpoint loading and metric computation are excluded."""
-
-    priority = 'VERY_HIGH'
-
-    def __init__(self):
-        self.total, self.images, self._t0 = 0.0, 0, None
-
-    def reset(self):
-        self.total, self.images = 0.0, 0
-
-    @staticmethod
-    def _sync():
-        import torch
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-
-    def before_test_iter(self, runner, batch_idx, data_batch=None):
-        self._sync()
-        self._t0 = time.perf_counter()
-
-    def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        self._sync()
-        self.total += time.perf_counter() - self._t0
-        self.images += len(outputs) if outputs is not None else 1
+    """Test-only config: IoUFlopsMetric + dims hook, checkpoint, work dir, subset
+    (:func:`dtop.utils.benchmarking.prepare_test_cfg`)."""
+    from dtop.utils.benchmarking import prepare_test_cfg
+    return prepare_test_cfg(cfg, checkpoint, work_dir, num_images, tool='sweep_threshold')
 
 
 def run_sweep(cfg, thresholds: List[float], repeats: int = 1,
               max_spread: Optional[float] = None) -> List[Dict[str, float]]:
     """Evaluate every ``p0`` with one runner (the checkpoint is loaded once, strictly).
+
+    Each ``p0`` is installed as the model's exit policy,
+    ``ConfidenceThreshold(p0, k)`` with the model's ``k``.
 
     Args:
         cfg: from :func:`prepare_cfg`.
@@ -157,44 +95,38 @@ def run_sweep(cfg, thresholds: List[float], repeats: int = 1,
         list[dict]: one row per p0; ``warnings`` (list of str) where the timing may
         be unreliable (busy machine, disagreeing repeats).
     """
-    import dtop.evaluation  # noqa: F401  (registers IoUFlopsMetric and the hook)
-    from dtop.engine import DToPRunner
-    from dtop.models.pruning.options import validate_prune_threshold
-    from dtop.utils.timing import DEFAULT_MAX_SPREAD, LoadMonitor, spread, warn_timing
+    from dtop.models.pruning import ConfidenceThreshold
+    from dtop.utils import timing
+    from dtop.utils.benchmarking import IterTimer, PolicyEvaluator
     if repeats < 1:
         raise ValueError(f'--repeats must be >= 1, got {repeats}')
-    runner = DToPRunner.from_cfg(cfg)
-    timer = SweepIterTimer()
-    runner.register_hook(timer)
-    model = getattr(runner.model, 'module', runner.model)
-    if not hasattr(model, 'prune_threshold'):
-        raise TypeError(f'{type(model).__name__} has no prune_threshold; '
-                        'is it a DToPEncoderDecoder?')
-    num_stages = len(model.prune_threshold) + 1
+    evaluator = PolicyEvaluator(cfg)
+    timer = IterTimer()
+    evaluator.register_hook(timer)
+    topk = evaluator.model.keep_topk_per_class
     rows = []
     for p0 in thresholds:
-        model.prune_threshold = validate_prune_threshold(float(p0), num_stages)
+        policy = ConfidenceThreshold(float(p0), topk)
         times, metrics, n = [], None, 0
-        monitor = LoadMonitor()
+        monitor = timing.LoadMonitor()
         for _ in range(repeats):
             timer.reset()
-            result = runner.test()
+            result = evaluator.evaluate(policy)
             metrics = metrics or result
             n = timer.images
             times.append(timer.total / max(n, 1))
         load = monitor.stop()
-        s = spread(times)
+        s = timing.spread(times)
         row = dict(p0=float(p0), s_per_img=s['median'], s_per_img_spread=s['rel_spread'],
                    repeats=repeats, num_images=n,
                    loadavg_1m=load['loadavg_1m'] if load['loadavg_1m'] is not None
                    else float('nan'),
                    others_cpu_pct=100 * load['others_cpu_frac']
                    if load['others_cpu_frac'] is not None else float('nan'))
-        row.update({k: float(v) for k, v in metrics.items()
-                    if isinstance(v, numbers.Number)})  # incl. numpy scalars
-        row['warnings'] = warn_timing(
+        row.update(metrics)
+        row['warnings'] = timing.warn_timing(
             times, load, what=f'p0 {p0:g}',
-            max_spread=DEFAULT_MAX_SPREAD if max_spread is None else max_spread)
+            max_spread=timing.DEFAULT_MAX_SPREAD if max_spread is None else max_spread)
         rows.append(row)
     return rows
 
@@ -259,22 +191,10 @@ def write_outputs(rows: List[Dict[str, float]], work_dir: str, title: str = '') 
 
 def main(argv: Optional[List[str]] = None) -> List[Dict[str, float]]:
     args = parse_args(argv)
-    from mmengine.config import Config, DictAction
-
-    from dtop.utils import allow_full_checkpoint_unpickling
-
-    # mmengine checkpoints need full unpickling under torch >= 2.6 (trusted files only;
-    # see dtop/utils/checkpoint.py).
-    allow_full_checkpoint_unpickling()
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        parser = argparse.ArgumentParser()
-        parser.add_argument('--o', nargs='+', action=DictAction)
-        cfg.merge_from_dict(parser.parse_args(['--o', *args.cfg_options]).o)
-    if args.precision is not None:
-        cfg.model.setdefault('test_cfg', {})['precision'] = args.precision
-    work_dir = args.work_dir or osp.join(
-        'work_dirs', 'sweep_' + osp.splitext(osp.basename(args.config))[0])
+    from dtop.apis import default_work_dir, load_config
+    cfg = load_config(args.config, args.cfg_options, checkpoint=args.checkpoint,
+                      precision=args.precision)
+    work_dir = args.work_dir or default_work_dir(args.config, 'sweep_')
     cfg = prepare_cfg(cfg, args.checkpoint, work_dir, args.num_images)
     if args.allow_partial_load:
         cfg.load_strict = False

@@ -77,14 +77,14 @@ def check_split(cfg, split: str, progress: bool = True) -> Dict:
     """
     from mmengine.utils import ProgressBar
 
-    from dtop.datasets.checks import (_iter_base_datasets, _load_transforms, check_not_empty,
-                                      check_sample, describe_dataset_source)
+    from dtop.datasets.checks import (build_load_transforms, check_not_empty, check_sample,
+                                      describe_dataset_source, iter_base_datasets)
     dataset, pipeline = build_dataset(cfg, split)
     check_not_empty(dataset, split)
-    inner = next(iter(_iter_base_datasets(dataset)), dataset)
+    inner = next(iter(iter_base_datasets(dataset)), dataset)
     classes = (getattr(inner, 'metainfo', None) or {}).get('classes') or []
     ignore_index = getattr(inner, 'ignore_index', 255)
-    loaders = _load_transforms(pipeline)
+    loaders = build_load_transforms(pipeline)
     problems: Dict[str, List[str]] = OrderedDict()
     n = len(dataset)
     bar = ProgressBar(n) if progress else None
@@ -120,16 +120,13 @@ def format_report(report: Dict, split: str, show: int = 5) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    from mmengine.config import Config
-
-    import dtop  # noqa: F401  (registers the DToP datasets)
+    from dtop.apis import load_config
     from dtop.utils.errors import DataError
-    if not osp.isfile(args.config):
-        print(f'error: config file not found: {args.config}', file=sys.stderr)
+    try:  # only the data matters here: the model options are not checked
+        cfg = load_config(args.config, args.cfg_options, validate=False)
+    except FileNotFoundError as exc:
+        print(f'error: {exc}', file=sys.stderr)
         return 2
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
     try:
         report = check_split(cfg, args.split)
     except DataError as exc:

@@ -68,12 +68,13 @@ def select(cfg, key: str):
 
 def main(argv: Optional[List[str]] = None) -> str:
     from mmengine.config import Config, ConfigDict
+
+    from dtop.apis import load_config
     args = parse_args(argv)
-    if not osp.isfile(args.config):
-        sys.exit(f'error: config file not found: {args.config}')
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    try:  # the pruning options are checked too, with the messages the tools give
+        cfg = load_config(args.config, args.cfg_options)
+    except (FileNotFoundError, ValueError) as exc:
+        sys.exit(f'error: {exc}')
     if args.key:
         try:
             part = select(cfg.to_dict(), args.key)

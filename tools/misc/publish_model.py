@@ -92,17 +92,9 @@ def main(argv: Optional[List[str]] = None) -> str:
 
 def check_fits(ckpt: dict, config: str, source: str) -> None:
     """Raise unless ``ckpt`` loads exactly into the model of ``config``."""
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
-
-    import dtop  # noqa: F401
+    from dtop.apis import build_model, load_config
     from dtop.utils.checkpoint import check_checkpoint_fits
-    cfg = Config.fromfile(config)
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
-    if cfg.model.get('backbone', {}).get('init_cfg') is not None:
-        cfg.model.backbone.init_cfg = None  # no ImageNet download for a key check
-    model = MODELS.build(cfg.model)
+    model = build_model(load_config(config))  # no ImageNet download for a key check
     check_checkpoint_fits(model, ckpt, source, strict=True)
     print(f'checked: the weights load exactly into the model of {config}')
 

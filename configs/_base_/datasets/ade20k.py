@@ -1,5 +1,7 @@
 # ADE20K (150 classes, label 0 = "other" is ignored via reduce_zero_label),
-# 512x512 crops: the ADE20K ViT-B/16 row (spec §4.1/§4.2).
+# 512x512 crops: the ADE20K ViT-B/16 row of the DToP paper (Tang et al., ICCV 2023,
+# Sec. 4). ade20k_640x640.py, coco-stuff10k.py and pascal_context_59.py derive from
+# this file.
 #
 # Layout (mmseg's): data/ade/ADEChallengeData2016/
 #   {images,annotations}/{training,validation}/
@@ -54,18 +56,15 @@ train_dataloader = dict(
         data_prefix=dict(
             img_path='images/training', seg_map_path='annotations/training'),
         pipeline=train_pipeline))
+# Validation and test: the training loader with one image per batch, in order, on
+# the validation split with the test pipeline.
 val_dataloader = dict(
+    train_dataloader,
     batch_size=1,
-    num_workers=4,
-    persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        reduce_zero_label=True,
-        data_prefix=dict(
-            img_path='images/validation',
-            seg_map_path='annotations/validation'),
+        train_dataloader['dataset'],
+        data_prefix=dict(img_path='images/validation', seg_map_path='annotations/validation'),
         pipeline=test_pipeline))
 test_dataloader = val_dataloader
 

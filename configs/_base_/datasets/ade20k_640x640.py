@@ -1,75 +1,16 @@
 # ADE20K (150 classes, label 0 = "other" is ignored via reduce_zero_label),
-# 640x640 crops: the ADE20K ViT-L/16 row (spec §4.1/§4.2).
-#
-# Layout (mmseg's): data/ade/ADEChallengeData2016/
-#   {images,annotations}/{training,validation}/
-dataset_type = 'ADE20KDataset'
-data_root = 'data/ade/ADEChallengeData2016'
+# 640x640 crops: the ADE20K ViT-L/16 row of the DToP paper (Tang et al., ICCV 2023,
+# Sec. 4). ade20k.py with the ViT-L resize scale (2560, 640) and crop (640, 640).
+_base_ = ['./ade20k.py']
 img_scale = (2560, 640)
 crop_size = (640, 640)
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(
-        type='RandomResize',
-        scale=img_scale,
-        ratio_range=(0.5, 2.0),
-        keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PhotoMetricDistortion'),
-    dict(type='PackSegInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=img_scale, keep_ratio=True),
-    # Annotations are loaded after Resize: the metric compares at original size.
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='PackSegInputs'),
-]
-img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
-tta_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(
-        type='TestTimeAug',
-        transforms=[
-            [dict(type='Resize', scale_factor=r, keep_ratio=True) for r in img_ratios],
-            [
-                dict(type='RandomFlip', prob=0., direction='horizontal'),
-                dict(type='RandomFlip', prob=1., direction='horizontal'),
-            ],
-            [dict(type='LoadAnnotations', reduce_zero_label=True)],
-            [dict(type='PackSegInputs')],
-        ]),
-]
-train_dataloader = dict(
-    batch_size=4,
-    num_workers=4,
-    persistent_workers=True,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        reduce_zero_label=True,
-        data_prefix=dict(
-            img_path='images/training', seg_map_path='annotations/training'),
-        pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=1,
-    num_workers=4,
-    persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        reduce_zero_label=True,
-        data_prefix=dict(
-            img_path='images/validation',
-            seg_map_path='annotations/validation'),
-        pipeline=test_pipeline))
+# ade20k.py's pipelines with the new scale and crop size (tta_pipeline rescales by
+# ratios only and is unchanged).
+__resized = dict(
+    RandomResize=dict(scale=img_scale), RandomCrop=dict(crop_size=crop_size),
+    Resize=dict(scale=img_scale))
+train_pipeline = [dict(t, **__resized.get(t.type, {})) for t in _base_.train_pipeline]
+test_pipeline = [dict(t, **__resized.get(t.type, {})) for t in _base_.test_pipeline]
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
-
-# mIoU plus dynamic GFLOPs (per image / per slide crop, with and without the
-# auxiliary heads) from the token counts the model returns.
-val_evaluator = dict(type='IoUFlopsMetric', iou_metrics=['mIoU'])
-test_evaluator = val_evaluator

@@ -1,78 +1,24 @@
 # COCO-Stuff-10K (171 classes; label 0 = unlabeled is ignored via
 # reduce_zero_label, set in the dataset *and* the pipeline as the official config),
-# 512x512 crops: the COCO-Stuff-10K ViT-L/16 row (spec §4.1/§4.2).
-# Evaluation is on test2014 (the official config's val split).
+# 512x512 crops: the COCO-Stuff-10K ViT-L/16 row of the DToP paper (Tang et al.,
+# ICCV 2023, Sec. 4). Evaluation is on test2014 (the official config's val split).
 #
 # Layout (mmseg's, made by tools/dataset_converters/): data/coco_stuff10k/
 #   images/{train2014,test2014}/*.jpg,
 #   annotations/{train2014,test2014}/*_labelTrainIds.png
+# Pipelines, loaders and metric are those of ade20k.py (same resize scale (2048, 512)
+# and 512x512 crops); only the dataset and its folders differ.
+_base_ = ['./ade20k.py']
 dataset_type = 'COCOStuffDataset'
 data_root = 'data/coco_stuff10k'
-img_scale = (2048, 512)
-crop_size = (512, 512)
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(
-        type='RandomResize',
-        scale=img_scale,
-        ratio_range=(0.5, 2.0),
-        keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PhotoMetricDistortion'),
-    dict(type='PackSegInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=img_scale, keep_ratio=True),
-    # Annotations are loaded after Resize: the metric compares at original size.
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='PackSegInputs'),
-]
-img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
-tta_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(
-        type='TestTimeAug',
-        transforms=[
-            [dict(type='Resize', scale_factor=r, keep_ratio=True) for r in img_ratios],
-            [
-                dict(type='RandomFlip', prob=0., direction='horizontal'),
-                dict(type='RandomFlip', prob=1., direction='horizontal'),
-            ],
-            [dict(type='LoadAnnotations', reduce_zero_label=True)],
-            [dict(type='PackSegInputs')],
-        ]),
-]
 train_dataloader = dict(
-    batch_size=4,
-    num_workers=4,
-    persistent_workers=True,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
     dataset=dict(
         type=dataset_type,
         data_root=data_root,
-        reduce_zero_label=True,
-        data_prefix=dict(
-            img_path='images/train2014', seg_map_path='annotations/train2014'),
-        pipeline=train_pipeline))
+        data_prefix=dict(img_path='images/train2014', seg_map_path='annotations/train2014')))
 val_dataloader = dict(
-    batch_size=1,
-    num_workers=4,
-    persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
         type=dataset_type,
         data_root=data_root,
-        reduce_zero_label=True,
-        data_prefix=dict(
-            img_path='images/test2014',
-            seg_map_path='annotations/test2014'),
-        pipeline=test_pipeline))
+        data_prefix=dict(img_path='images/test2014', seg_map_path='annotations/test2014')))
 test_dataloader = val_dataloader
-
-# mIoU plus dynamic GFLOPs (per image / per slide crop, with and without the
-# auxiliary heads) from the token counts the model returns.
-val_evaluator = dict(type='IoUFlopsMetric', iou_metrics=['mIoU'])
-test_evaluator = val_evaluator

@@ -1,79 +1,40 @@
-# Segmenter (mask transformer) ViT-B/16 with DToP (issue 10): mmseg's
-# segmenter_vit-b16_mask model run by DToPEncoderDecoder. The backbone is cut after
-# 0-based layers 5 / 7 / 11 (stages of 6 / 2 / 4 layers, as DToP's ViT-B): two
-# auxiliary ATM prune heads (DToP's ViT-B head: d = 384, 6 heads, 3 layers) grade the
-# tokens, and Segmenter's mask transformer stays the final head, attending only to
-# the tokens still active plus its class embeddings (docs/other_segmenters.md).
+# Segmenter (mask transformer) ViT-B/16 with DToP: mmseg's segmenter_vit-b16_mask
+# model run by DToPEncoderDecoder. The backbone is cut after 0-based layers 5 / 7 / 11
+# (stages of 6 / 2 / 4 layers, as DToP's ViT-B): two auxiliary ATM prune heads
+# (DToP's ViT-B head: d = 384, 6 heads, 3 layers) grade the tokens, and Segmenter's
+# mask transformer stays the final head, attending only to the tokens still active
+# plus its class embeddings (docs/other_segmenters.md).
 #
 # Backbone and decode head keep mmseg's parameter layout (patch_bias=False,
-# final_norm=True, cls token), so an mmseg-trained Segmenter checkpoint loads with
-# only the two auxiliary heads missing. Defaults: ADE20K (150 classes, 512x512,
-# slide 512/341). `prune_threshold` 1.0 = BASE (no pruning).
-__crop_size = (512, 512)
-__num_classes = 150
-__checkpoint = ('https://download.openmmlab.com/mmsegmentation/v0.5/pretrain/'
-                'segmenter/vit_base_p16_384_20220308-96dfe169.pth')
-__aux_head = dict(
-    type='ATMPruneHead',
-    in_channels=768,
-    channels=384,
-    num_classes=__num_classes,
-    num_heads=6,
-    num_layers=3,
-    dropout=0.1,
-    align_corners=False,
-    loss_decode=dict(
-        type='ATMLoss',
-        num_classes=__num_classes,
-        eos_coef=0.1,
-        mask_weight=20.0,
-        dice_weight=1.0,
-        loss_weight=1.0))
+# final_norm=True, cls token, trainable LayerNorms), so an mmseg-trained Segmenter
+# checkpoint loads with only the two auxiliary heads missing. Defaults: ADE20K (150
+# classes, 512x512, slide 512/341). `prune_threshold` 1.0 = BASE (no pruning).
+#
+# Everything else (checkpoint, sizes, stages, the auxiliary ATM heads, test mode) is
+# the DToP ViT-B/16 model of dtop_vit-b16.py.
+_base_ = ['./dtop_vit-b16.py']
+__bb = _base_.model.backbone
+# mmseg's ViT layout; its config has no `patch_norm` key (the default, False).
+__backbone = dict(
+    __bb,
+    with_cls_token=True,
+    patch_bias=False,
+    final_norm=True,
+    norm_cfg=dict(__bb.norm_cfg, requires_grad=True))
+__backbone.pop('patch_norm')
 model = dict(
-    type='DToPEncoderDecoder',
-    data_preprocessor=dict(
-        type='SegDataPreProcessor',
-        mean=[127.5, 127.5, 127.5],
-        std=[127.5, 127.5, 127.5],
-        bgr_to_rgb=True,
-        pad_val=0,
-        seg_pad_val=255,
-        size=__crop_size),
-    backbone=dict(
-        type='DToPVisionTransformer',
-        img_size=__crop_size,
-        patch_size=16,
-        in_channels=3,
-        embed_dims=768,
-        num_layers=12,
-        num_heads=12,
-        mlp_ratio=4,
-        out_indices=[5, 7, 11],
-        qkv_bias=True,
-        drop_rate=0.0,
-        attn_drop_rate=0.0,
-        drop_path_rate=0.1,
-        with_cls_token=True,
-        patch_bias=False,
-        final_norm=True,
-        norm_cfg=dict(type='LN', eps=1e-6, requires_grad=True),
-        act_cfg=dict(type='GELU'),
-        interpolate_mode='bicubic',
-        init_cfg=dict(type='Pretrained', checkpoint=__checkpoint)),
+    # jax-style normalisation, as mmseg's Segmenter configs.
+    data_preprocessor=dict(mean=[127.5] * 3, std=[127.5] * 3),
+    backbone=dict(__backbone, _delete_=True),
     decode_head=dict(
+        _delete_=True,
         type='DToPSegmenterMaskHead',
-        in_channels=768,
-        channels=768,
-        num_classes=__num_classes,
+        in_channels=__bb.embed_dims,
+        channels=__bb.embed_dims,
+        num_classes=_base_.model.decode_head.num_classes,
         num_layers=2,
-        num_heads=12,
-        embed_dims=768,
+        num_heads=__bb.num_heads,
+        embed_dims=__bb.embed_dims,
         dropout_ratio=0.0,
         align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
-    auxiliary_head=[__aux_head, __aux_head],
-    prune_threshold=1.0,
-    keep_topk_per_class=5,
-    train_cfg=dict(),
-    test_cfg=dict(
-        mode='slide', crop_size=__crop_size, stride=(341, 341), crop_batch_size=4))
+        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)))

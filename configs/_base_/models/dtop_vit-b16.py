@@ -1,7 +1,7 @@
-# DToP ViT-B/16 model (spec §1): plain ViT-B/16 (cls token dropped), three
-# independent ATM prune heads after 0-based layers [5, 7, 11] (stages of 6 / 2 / 4
-# layers): two auxiliary heads, then the decode head. Defaults are those of the
-# ADE20K row (150 classes, 512x512 crops, slide 512/341).
+# DToP ViT-B/16 model (Tang et al., ICCV 2023): plain ViT-B/16 (cls token dropped),
+# three independent ATM prune heads after 0-based layers [5, 7, 11] (stages of
+# 6 / 2 / 4 layers): two auxiliary heads, then the decode head. Defaults are those of
+# the ADE20K row (150 classes, 512x512 crops, slide 512/341).
 #
 # `prune_threshold` is p0 of the two auxiliary stages; 1.0 (the default here)
 # disables pruning, i.e. the BASE model. There is no final-head threshold: nothing

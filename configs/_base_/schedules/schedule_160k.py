@@ -1,4 +1,5 @@
-# DToP optimisation recipe (spec §4.1), 160k iterations: the BASE schedule.
+# DToP optimisation recipe (Tang et al., ICCV 2023, Sec. 4), 160k iterations: the
+# BASE schedule.
 #
 # AdamW lr 2e-5, betas (0.9, 0.999), weight decay 0.01, no decay-mult exclusions;
 # every parameter whose name contains 'head' (decode_head.*, auxiliary_head.*)

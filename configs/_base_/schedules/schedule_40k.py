@@ -9,8 +9,5 @@ _base_ = ['./schedule_160k.py']
 __max_iters = 40000
 train_cfg = dict(max_iters=__max_iters)
 # [LinearLR warmup (unchanged), PolyLR ending at the new last iteration]
-param_scheduler = [
-    _base_.param_scheduler[0],
-    dict(_base_.param_scheduler[1], end=__max_iters),
-]
+param_scheduler = [_base_.param_scheduler[0], dict(_base_.param_scheduler[1], end=__max_iters)]
 default_hooks = dict(checkpoint=dict(interval=4000))

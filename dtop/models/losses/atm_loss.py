@@ -1,4 +1,4 @@
-"""Mask-classification loss of one DToP head (docs/method.md, 'Training').
+"""Mask-classification loss of one DToP head (docs/method.md §5).
 
 Fixed matching: query ``c`` is matched to class ``c`` whenever ``c`` occurs in
 the label. Terms:

@@ -4,7 +4,7 @@ The segmentor asks its exit policy once per auxiliary stage (under
 ``torch.no_grad()``, in fp32) and never decides anything itself. A policy is a
 small registered object, chosen in the config with ``model.exit_policy``:
 
-* :class:`ConfidenceThreshold` — the paper's rule (docs/method.md): a token
+* :class:`ConfidenceThreshold` — the paper's rule (docs/method.md §3): a token
   exits when its confidence ``max_c P_c(t)`` is strictly greater than ``p0``,
   except the ``k`` most confident exit candidates of each class. The default;
   ``model.prune_threshold`` / ``model.keep_topk_per_class`` configure it.

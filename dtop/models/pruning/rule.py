@@ -1,4 +1,4 @@
-"""The DToP exit rule as pure tensor functions (docs/method.md, 'Early exit').
+"""The DToP exit rule as pure tensor functions (docs/method.md §3).
 
 After each auxiliary head every still-active token gets a confidence
 ``max_c P_c(t)`` (for an ATM head ``P_c(t) = presence_c * sigmoid(A(c, t))``, see

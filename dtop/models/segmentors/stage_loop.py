@@ -1,4 +1,4 @@
-"""The DToP stage loop (docs/method.md), as one function.
+"""The DToP stage loop (docs/method.md §1-4), as one function.
 
 ``backbone.embed_packed`` → for each stage ``s``: backbone layers of ``s`` over the
 packed active tokens → head ``s`` on the stage's patch tokens → canvas update at
