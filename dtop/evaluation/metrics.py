@@ -4,7 +4,7 @@
 image computed from the per-crop active-token counts that
 :class:`DToPEncoderDecoder.predict` attaches to each sample (metainfo
 ``dtop_stats``); no second forward pass is needed. The cost model is
-:mod:`dtop.evaluation.flops` (``paper-results.md`` §3/§5).
+:mod:`dtop.evaluation.flops` (fvcore counting conventions; docs/benchmarks.md).
 
 The metric needs the model's dimensions. Give them one of three ways:
 
@@ -129,14 +129,46 @@ def flops_summary(records: Sequence[dict], dims: DToPCostDims) -> Dict[str, floa
     return {k: float(v) for k, v in out.items()}
 
 
-def _stats_record(stats: dict) -> dict:
-    """The small part of one ``dtop_stats`` the metric keeps (no exit map)."""
+def stats_record(stats: dict) -> dict:
+    """The small part of one ``dtop_stats`` that the cost model needs (no exit map).
+
+    Args:
+        stats (dict): a sample's ``dtop_stats`` (``token_counts``, ``grid_tokens``,
+            ``crop_shape``, optionally ``heads_run`` and, for test-time
+            augmentation, ``passes``: one such dict per augmented pass).
+
+    Returns:
+        dict: a record for :func:`flops_summary`.
+    """
     rec = dict(token_counts=_to_numpy(stats['token_counts']).astype(np.int32),
                grid_tokens=int(stats['grid_tokens']),
                crop_shape=tuple(int(v) for v in stats['crop_shape']))
     if stats.get('heads_run') is not None:
         rec['heads_run'] = tuple(bool(v) for v in stats['heads_run'])
+    if stats.get('passes'):
+        rec['passes'] = [stats_record(p) for p in stats['passes']]
     return rec
+
+
+def image_gflops(stats: dict, dims: DToPCostDims) -> Dict[str, float]:
+    """GFLOPs of one image from its ``dtop_stats``, as :class:`IoUFlopsMetric`
+    reports them (:func:`flops_summary` of this one image).
+
+    Args:
+        stats (dict): the sample's ``dtop_stats``.
+        dims (DToPCostDims): model dims (``DToPCostDims.from_model(model)``).
+
+    Returns:
+        dict: ``gflops`` (pruned, with the auxiliary heads that ran),
+        ``gflops_noaux`` (without them), ``gflops_dense`` (backbone + final head on
+        every token of the same crops), ``gflops_dense_allheads`` and
+        ``reduction_pct`` (``100 (1 - gflops / gflops_dense)``).
+    """
+    summary = flops_summary([stats_record(stats)], dims)
+    return dict(gflops=summary['GFLOPs_img'], gflops_noaux=summary['GFLOPs_img_noaux'],
+                gflops_dense=summary['GFLOPs_dense_img'],
+                gflops_dense_allheads=summary['GFLOPs_dense_img_allheads'],
+                reduction_pct=summary['GFLOPs_reduction_pct'])
 
 
 def _resolve_dims(cost_dims, model_cfg) -> Optional[DToPCostDims]:
@@ -193,11 +225,7 @@ class IoUFlopsMetric(IoUMetric):
             if stats is None and self.require_stats:
                 raise KeyError('IoUFlopsMetric(require_stats=True): a sample has no '
                                '"dtop_stats" metainfo; is the model a DToPEncoderDecoder?')
-            rec = None
-            if stats is not None:
-                rec = _stats_record(stats)
-                if stats.get('passes'):
-                    rec['passes'] = [_stats_record(p) for p in stats['passes']]
+            rec = stats_record(stats) if stats is not None else None
             self.results.append((iou, rec))
 
     def _check_ground_truth(self, ds: dict) -> None:

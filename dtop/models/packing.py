@@ -233,7 +233,10 @@ def packed_attention(q: Tensor, k: Tensor, v: Tensor, segments: Segments,
                                        dropout=dropout_p)
     T, H, d = q.shape
     if T == 0:
-        return q.new_zeros(q.shape)
+        # Empty, but still a function of q, k, v: the projections that made them
+        # stay in the autograd graph when every token has exited, so DDP without
+        # find_unused_parameters sees (zero) gradients for them.
+        return q * 0 + k * 0 + v * 0
     if backend == 'dense':
         B, n = segments.batch_size, segments.lengths[0]
 

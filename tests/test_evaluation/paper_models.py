@@ -1,8 +1,9 @@
 """Model configs with the paper's real dims (the four README rows), for FLOP tests.
 
-These mirror ``paper-results.md`` §1/§4 and spec §1: ViT-B/16 (768, 12 layers, 12
-heads, out_indices [5, 7, 11], head 384 / 6 heads) and ViT-L/16 (1024, 24 layers,
-16 heads, [7, 15, 23], head 512 / 8 or 16 heads).
+These are the models of the paper's results tables (Sec. 4: ADE20K, Pascal Context,
+COCO-Stuff-10K) as shipped in configs/segvit/: ViT-B/16 (768, 12 layers, 12 heads,
+out_indices [5, 7, 11], head 384 / 6 heads) and ViT-L/16 (1024, 24 layers, 16 heads,
+[7, 15, 23], head 512 / 8 or 16 heads).
 """
 import copy
 

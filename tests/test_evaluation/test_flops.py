@@ -1,4 +1,4 @@
-"""The analytic cost model (paper-results §5) against the README BASE numbers and
+"""The analytic cost model (docs/benchmarks.md) against the README BASE numbers and
 against a library FLOP counter on the real models, dense and pruned."""
 import glob
 import os.path as osp
@@ -10,10 +10,11 @@ from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
 import dtop  # noqa: F401
-from dtop.evaluation.flops import (DToPCostDims, HeadDims, count_flops_library,
-                                   dense_flops, model_flops, prune_head_flops,
-                                   vit_layer_flops)
-from dtop.testing import tiny_dtop_model_cfg
+from dtop.evaluation.flops import (DToPCostDims, count_flops_library, dense_flops,
+                                   model_flops, vit_layer_flops)
+from dtop.models.decode_heads import ATMPruneHead
+from dtop.models.pruning import ExitPolicy
+from tests.utils.tiny_models import tiny_model_cfg
 from paper_models import README_ROWS, paper_model_cfg
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
@@ -25,12 +26,15 @@ def _scope():
 
 
 def test_layer_formulas_spot_values():
-    # paper-results §5: 8.87 G (ViT-B, n=1024) and 25.39 G (ViT-L, n=1600) per layer
+    # 12·n·D² + 2·n²·D + 10·n·D: 8.87 G (ViT-B, n=1024) and 25.39 G (ViT-L, n=1600) per layer
     assert vit_layer_flops(1024, 768) / 1e9 == pytest.approx(8.87, abs=0.005)
     assert vit_layer_flops(1600, 1024) / 1e9 == pytest.approx(25.39, abs=0.005)
-    # §4: one ViT-B head at 1024 tokens ~2.55 G, one ADE ViT-L head at 1600 ~5.8 G
-    assert prune_head_flops(1024, 768, 384, 150) / 1e9 == pytest.approx(2.55, abs=0.01)
-    assert prune_head_flops(1600, 1024, 512, 150) / 1e9 == pytest.approx(5.82, abs=0.01)
+    # the prune-head formula: one ViT-B head at 1024 tokens ~2.55 G, one ADE ViT-L head
+    # at 1600 tokens ~5.8 G
+    assert ATMPruneHead.cost_of(768, 384, 150).flops(1024) / 1e9 == pytest.approx(
+        2.55, abs=0.01)
+    assert ATMPruneHead.cost_of(1024, 512, 150).flops(1600) / 1e9 == pytest.approx(
+        5.82, abs=0.01)
     # arrays broadcast like numbers
     n = np.array([0, 10, 1024])
     np.testing.assert_allclose(vit_layer_flops(n, 768), [vit_layer_flops(int(v), 768)
@@ -44,7 +48,7 @@ def test_analytic_model_reproduces_readme_base_gflops(row):
     readme = README_ROWS[row][-1]
     d = dense_flops(dims)
     assert d['backbone_final_head'] / 1e9 == pytest.approx(readme, rel=0.005)
-    # the auxiliary heads are excluded from the README number (§3/§4)
+    # the auxiliary heads are excluded from the README number (backbone + final head)
     assert d['backbone_all_heads'] / 1e9 > readme * 1.01
 
 
@@ -96,9 +100,9 @@ def test_library_counter_matches_readme_vit_l(row):
 @pytest.mark.parametrize('shape', [(64, 64), (72, 40)])
 def test_library_counter_matches_analytic_tiny(backend, shape):
     """Tiny dims, both counters, a crop that is not a multiple of the patch size."""
-    model = MODELS.build(tiny_dtop_model_cfg(num_classes=7, embed_dims=48, num_layers=5,
-                                             out_indices=(0, 2, 4), channels=24,
-                                             head_layers=3, img_size=(64, 64)))
+    model = MODELS.build(tiny_model_cfg(num_classes=7, embed_dims=48, num_layers=5,
+                                        out_indices=(0, 2, 4), channels=24,
+                                        head_layers=3, img_size=(64, 64)))
     lib = count_flops_library(model, shape, backend=backend)
     ana = dense_flops(DToPCostDims.from_model(model), shape)
     for key in ('backbone', 'upsample', 'backbone_final_head', 'backbone_all_heads'):
@@ -106,20 +110,27 @@ def test_library_counter_matches_analytic_tiny(backend, shape):
     assert model.prune_threshold == [None, None]  # restored (the cfg's 1.0 -> None)
 
 
+class KeepFirst(ExitPolicy):
+    """Forced exits: after stage ``s`` only the first ``keep[s]`` tokens of an image stay."""
+
+    def __init__(self, keep):
+        self.keep = keep
+
+    def prunes_at(self, stage):
+        return True
+
+    def __call__(self, stage, scores, segments):
+        return segments.slot >= self.keep[stage]
+
+
 def test_cost_model_matches_library_counter_on_a_pruned_forward():
     """Trace a *pruned* forward (batch 1): the counter sees the smaller token sets,
     and must agree with model_flops at the active counts the model reports."""
     from dtop.evaluation.flops import _DenseTrace, _sdpa_flop_jit
     from mmengine.analysis import FlopAnalyzer
-    model = MODELS.build(tiny_dtop_model_cfg(num_classes=5, embed_dims=32, num_layers=6,
-                                             img_size=(64, 64), prune_threshold=0.5)).eval()
-    keep = {0: 11, 1: 5}
-
-    def select(self, stage, scores, segments, threshold):
-        return segments.slot >= keep[stage]
-
-    import types
-    model.select_stage_exits = types.MethodType(select, model)
+    model = MODELS.build(tiny_model_cfg(num_classes=5, embed_dims=32, num_layers=6,
+                                        img_size=(64, 64), prune_threshold=0.5)).eval()
+    model.set_exit_policy(KeepFirst({0: 11, 1: 5}))
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         counts = model.run_stages(x).active_counts
@@ -137,7 +148,7 @@ def test_cost_model_matches_library_counter_on_a_pruned_forward():
 
 def test_model_flops_composition():
     dims = DToPCostDims(embed_dims=64, ffn_channels=256, stage_layers=(2, 1, 3),
-                        heads=tuple(HeadDims(64, 32, 9, 2) for _ in range(3)),
+                        heads=tuple(ATMPruneHead.cost_of(64, 32, 9, 2) for _ in range(3)),
                         patch_size=16, crop_size=(128, 96))
     N = dims.grid_tokens()
     assert N == 8 * 6
@@ -148,7 +159,7 @@ def test_model_flops_composition():
     for i, (a, b, c) in enumerate(counts):
         bb = embed + 2 * vit_layer_flops(a, D, F) + vit_layer_flops(b, D, F) + \
             3 * vit_layer_flops(c, D, F)
-        heads = [prune_head_flops(v, 64, 32, 9, 2) for v in (a, b, c)]
+        heads = [ATMPruneHead.cost_of(64, 32, 9, 2).flops(v) for v in (a, b, c)]
         up = 4 * 9 * 128 * 96
         assert out['backbone'][i] == pytest.approx(bb)
         np.testing.assert_allclose(out['heads'][i], heads)
@@ -166,10 +177,10 @@ def test_model_flops_composition():
 
 
 def test_dims_from_model_and_config_agree():
-    cfg = tiny_dtop_model_cfg(num_classes=5, embed_dims=32, num_layers=6,
-                              out_indices=(1, 3, 5), img_size=(64, 64), test_mode='slide')
+    cfg = tiny_model_cfg(num_classes=5, embed_dims=32, num_layers=6,
+                         out_indices=(1, 3, 5), img_size=(64, 64), test_mode='slide')
     a = DToPCostDims.from_config(cfg)
     b = DToPCostDims.from_model(MODELS.build(cfg))
     assert a == b
     assert a.stage_layers == (2, 2, 2) and a.ffn_channels == 64 and a.crop_size == (64, 64)
-    assert a.heads[0] == HeadDims(32, 16, 5, 2, 64)
+    assert a.heads[0] == ATMPruneHead.cost_of(32, 16, 5, 2, 64)

@@ -1,7 +1,7 @@
 """The cost model for SETR-naive and Segmenter (cls token, final norm, SETR and
 mask-transformer heads) against the library counter, ours and mmseg's dense model."""
+import json
 import os.path as osp
-import types
 
 import numpy as np
 import pytest
@@ -11,20 +11,22 @@ from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
 import dtop  # noqa: F401
-from dtop.evaluation.flops import (DToPCostDims, HeadDims, _DenseTrace, _HeadScopes,
-                                   _run_analyzer, count_flops_library, count_flops_mmseg,
-                                   dense_flops, mmseg_dense_flops, model_flops)
+from dtop.evaluation.flops import (DToPCostDims, HeadCost, _DenseTrace, _run_analyzer,
+                                   count_flops_library, count_flops_mmseg, dense_flops,
+                                   mmseg_dense_flops, model_flops)
 from dtop.evaluation.metrics import flops_summary
+from dtop.models.decode_heads import DToPSegmenterMaskHead, DToPSETRUPHead
+from dtop.models.pruning import ExitPolicy
 from dtop.models.mmseg_dense import mmseg_dense_model_cfg
-from dtop.testing_segmenters import tiny_segmenter_model_cfg, tiny_setr_model_cfg
+from tests.utils.tiny_models import tiny_model_cfg
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
 CFGS = dict(
-    setr=lambda: tiny_setr_model_cfg(num_classes=7, embed_dims=48, num_layers=5,
-                                     out_indices=(0, 2, 3, 4), channels=24),
-    segmenter=lambda: tiny_segmenter_model_cfg(num_classes=7, embed_dims=48,
-                                               num_layers=5, out_indices=(1, 3, 4),
-                                               head_layers=2, atm_channels=24))
+    setr=lambda: tiny_model_cfg('setr', num_classes=7, embed_dims=48, num_layers=5,
+                                out_indices=(0, 2, 3, 4), channels=24),
+    segmenter=lambda: tiny_model_cfg('segmenter', num_classes=7, embed_dims=48,
+                                     num_layers=5, out_indices=(1, 3, 4),
+                                     head_layers=2, atm_channels=24))
 
 
 @pytest.fixture(autouse=True)
@@ -72,19 +74,23 @@ def test_pruned_forward_counts_match_the_cost_model(kind):
     S = model.backbone.num_stages
     keep = {0: 13, 1: 9, 2: 4}
 
-    def select(self, stage, scores, segments, threshold):
-        exits = torch.zeros(scores.shape[0], dtype=torch.bool)
-        exits[keep[stage]:] = True
-        return exits
+    class KeepFirst(ExitPolicy):  # forced exits: the first keep[s] tokens stay
 
-    model.select_stage_exits = types.MethodType(select, model)
+        def prunes_at(self, stage):
+            return True
+
+        def __call__(self, stage, scores, segments):
+            exits = torch.zeros(scores.shape[0], dtype=torch.bool)
+            exits[keep[stage]:] = True
+            return exits
+
+    model.set_exit_policy(KeepFirst())
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         counts = model.run_stages(x).active_counts
     want = [16] + [keep[s] for s in range(S - 1)]
     assert counts.tolist() == [want]
-    with _HeadScopes(model.stage_heads):
-        total, by_module, _ = _run_analyzer(_DenseTrace.build(model), x, 'mmengine')
+    total, by_module, _ = _run_analyzer(_DenseTrace.build(model), x, 'mmengine')
     cost = model_flops(DToPCostDims.from_model(model), counts)
     assert total == pytest.approx(cost['backbone_all_heads'][0], rel=1e-9)
     assert by_module['model.decode_head'] == pytest.approx(cost['heads'][0, -1], rel=1e-9)
@@ -96,14 +102,15 @@ def test_pruned_forward_counts_match_the_cost_model(kind):
     assert summary['GFLOPs_reduction_pct'] > 0
 
 
-def test_head_dims_round_trip_and_kinds():
+def test_head_costs_round_trip_and_validation():
     dims = DToPCostDims.from_config(CFGS['setr']())
     assert DToPCostDims.from_dict(dims.to_dict()) == dims
-    assert dims.heads[0] == HeadDims(48, 24, 7, 1, None, 'setr_up', 4, True)
+    assert DToPCostDims.from_dict(json.loads(json.dumps(dims.to_dict()))) == dims
+    assert dims.heads[0] == DToPSETRUPHead.cost_of(48, 24, 7, up_scale=4, with_norm=True)
     seg = DToPCostDims.from_config(CFGS['segmenter']())
-    assert seg.heads[-1] == HeadDims(48, 48, 7, 2, 192, 'segmenter_mask')
-    with pytest.raises(ValueError, match='kind'):
-        HeadDims(8, 8, 2, kind='fcn')
+    assert seg.heads[-1] == DToPSegmenterMaskHead.cost_of(48, 48, 7, 2, 192)
+    with pytest.raises(ValueError, match='pixel step'):
+        HeadCost(2, pixel_steps=((2, 'fcn'), ))
 
 
 def test_vit_b_ade_gflops():
@@ -129,7 +136,6 @@ def test_vit_b_ade_gflops():
 def test_get_flops_tool_prints_mmseg_dense_next_to_ours(kind, tmp_path):
     """tools/analysis_tools/get_flops.py on a demo config: both models counted."""
     import importlib.util
-    import json
     path = osp.join(ROOT, 'tools', 'analysis_tools', 'get_flops.py')
     spec = importlib.util.spec_from_file_location('tool_get_flops', path)
     tool = importlib.util.module_from_spec(spec)

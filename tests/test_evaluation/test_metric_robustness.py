@@ -8,15 +8,16 @@ from mmengine.structures import PixelData
 from mmseg.structures import SegDataSample
 
 import dtop  # noqa: F401
-from dtop.evaluation import DToPCostDims, HeadDims, IoUFlopsMetric, flops_summary
+from dtop.models.decode_heads import ATMPruneHead
+from dtop.evaluation import DToPCostDims, IoUFlopsMetric, flops_summary
 from dtop.evaluation.flops import model_flops
 from dtop.models.segmentors.tta import DToPTTAModel
-from dtop.testing import tiny_dtop_model_cfg
+from tests.utils.tiny_models import tiny_model_cfg
 from dtop.utils.errors import DataError
 
 NUM_CLASSES = 5
 DIMS = DToPCostDims(embed_dims=32, ffn_channels=64, stage_layers=(2, 2, 2),
-                    heads=tuple(HeadDims(32, 16, NUM_CLASSES, 2) for _ in range(3)),
+                    heads=tuple(ATMPruneHead.cost_of(32, 16, NUM_CLASSES, 2) for _ in range(3)),
                     patch_size=16, crop_size=(64, 64))
 
 
@@ -69,7 +70,7 @@ def _pass_sample(counts, crop_shape, seed):
 
 def test_tta_model_keeps_every_pass_and_the_metric_sums_them():
     init_default_scope('mmseg')
-    tta = DToPTTAModel(module=tiny_dtop_model_cfg(num_classes=NUM_CLASSES))
+    tta = DToPTTAModel(module=tiny_model_cfg(num_classes=NUM_CLASSES))
     passes = [([[16, 9, 4], [16, 16, 10]], (64, 64)),   # 2 crops at scale 1
               ([[4, 2, 1]], (32, 32))]                   # 1 smaller crop at scale 0.5
     samples = [_pass_sample(c, shape, i) for i, (c, shape) in enumerate(passes)]

@@ -11,14 +11,15 @@ from mmseg.evaluation import IoUMetric
 from mmseg.registry import METRICS, MODELS
 
 import dtop  # noqa: F401
-from dtop.evaluation import (DToPCostDims, FlopsMetricDimsHook, HeadDims, IoUFlopsMetric,
+from dtop.models.decode_heads import ATMPruneHead
+from dtop.evaluation import (DToPCostDims, FlopsMetricDimsHook, IoUFlopsMetric,
                              flops_summary)
 from dtop.evaluation.flops import model_flops
-from dtop.testing import tiny_dtop_model_cfg
+from tests.utils.tiny_models import tiny_model_cfg
 
 NUM_CLASSES = 4
 DIMS = DToPCostDims(embed_dims=64, ffn_channels=256, stage_layers=(2, 1, 2),
-                    heads=tuple(HeadDims(64, 32, NUM_CLASSES, 2) for _ in range(3)),
+                    heads=tuple(ATMPruneHead.cost_of(64, 32, NUM_CLASSES, 2) for _ in range(3)),
                     patch_size=16, crop_size=(64, 64))
 N = 16  # 64x64 crop, patch 16
 
@@ -149,7 +150,7 @@ def test_metric_without_stats_or_dims():
 
 def test_dims_from_model_cfg_and_hook():
     init_default_scope('mmseg')
-    cfg = tiny_dtop_model_cfg(num_classes=NUM_CLASSES, img_size=(64, 64))
+    cfg = tiny_model_cfg(num_classes=NUM_CLASSES, img_size=(64, 64))
     from_cfg = IoUFlopsMetric(model_cfg=cfg).cost_dims
     model = MODELS.build(cfg)
     assert from_cfg == DToPCostDims.from_model(model)
@@ -179,8 +180,8 @@ def test_predict_output_feeds_the_metric():
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
     init_default_scope('mmseg')
-    cfg = tiny_dtop_model_cfg(num_classes=NUM_CLASSES, img_size=(64, 64), test_mode='slide',
-                              prune_threshold=0.3)
+    cfg = tiny_model_cfg(num_classes=NUM_CLASSES, img_size=(64, 64), test_mode='slide',
+                         prune_threshold=0.3)
     torch.manual_seed(0)
     model = MODELS.build(cfg).eval()
     x = torch.randn(2, 3, 64, 96)

@@ -300,7 +300,7 @@ def test_vit_b_configs(kind):
     assert dims.num_prefix_tokens == 1 and dims.final_norm
     if kind == 'setr':
         assert bb.out_indices == [3, 6, 9, 11] and dims.stage_layers == (4, 3, 3, 2)
-        assert [h.kind for h in dims.heads] == ['setr_up'] * 4
+        assert [h.name for h in dims.heads] == ['DToPSETRUPHead'] * 4
         assert prune.model.prune_threshold == [0.95, 0.9, 0.9]
         mm_cfg, kept = mmseg_dense_model_cfg(base.model)
         assert kept == [0, 1, 2]
@@ -308,7 +308,8 @@ def test_vit_b_configs(kind):
         assert [h['loss_decode']['loss_weight'] for h in mm_cfg['auxiliary_head']] == [0.4] * 3
     else:
         assert bb.out_indices == [5, 7, 11] and dims.stage_layers == (6, 2, 4)
-        assert [h.kind for h in dims.heads] == ['atm', 'atm', 'segmenter_mask']
+        assert [h.name for h in dims.heads] == ['ATMPruneHead', 'ATMPruneHead',
+                                                'DToPSegmenterMaskHead']
         assert prune.model.prune_threshold == 0.9
     assert dims.heads[-1].num_classes == 150 and dims.crop_size == (512, 512)
     assert prune.train_cfg.max_iters == 40000 and base.train_cfg.max_iters == 160000

@@ -1,8 +1,8 @@
 """Static GFLOPs of a DToP / SegViT-BASE model (dense, one crop, batch 1).
 
 Counts with a library counter (mmengine's ``FlopAnalyzer`` by default, or fvcore)
-under fvcore conventions (``paper-results.md`` §3) and prints, per module:
-backbone, each head, "backbone + final head" (the README BASE convention) and
+under fvcore conventions (docs/benchmarks.md#counting-conventions) and prints, per
+module: backbone, each head, "backbone + final head" (the README BASE convention) and
 "backbone + all heads", next to the analytic cost model of
 :mod:`dtop.evaluation.flops`.
 
@@ -188,10 +188,8 @@ def compare_mmseg(cfg, dims, shape, lib, args) -> Optional[dict]:
             ref = m
         m_txt = f'{m:>17.3f}' if m is not None else f"{'-':>17}"
         print(f'{name:<46}{o:>12.3f}{m_txt}{a:>18.3f}{o - ref:>+14.3f}')
-    if any(h.kind == 'setr_up' for h in dims.heads):
-        print('(SETR: ours runs conv_seg on the tokens and upsamples the class maps; mmseg '
-              'upsamples the conv features x4 first and runs conv_seg on every pixel: '
-              'same logits, fewer FLOPs.)')
+    for note in dict.fromkeys(h.note for h in dims.heads if h.note):  # the heads' own
+        print(f'({note})')
     return out
 
 

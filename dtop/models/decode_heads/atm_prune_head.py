@@ -1,6 +1,6 @@
 """ATM prune head: one query per class, cross-attention logits as mask logits.
 
-A single-stage ATM decoder (docs/method.md, 'Stage heads'). Parameter names follow the official
+A single-stage ATM decoder (docs/method.md §2). Parameter names follow the official
 checkpoint layout (``input_proj``, ``proj_norm``, ``decoder.layers.N.{self_attn,
 multihead_attn.{q,k,v,proj}, linear1, linear2, norm1..3}``, ``q``, ``class_embed``)
 so official checkpoints load unchanged.
@@ -263,7 +263,7 @@ class ATMPruneHead(StageHeadMixin, BaseDecodeHead):
         raise ValueError(f'ATMPruneHead cannot write a {space!r} canvas')
 
     def final_map(self, out: HeadOutput, canvas: Tensor) -> Tensor:
-        """``P_final(c) * sigmoid(canvas)`` (docs/method.md, 'Final map'), ``(B, Q, h, w)``."""
+        """``P_final(c) * sigmoid(canvas)`` (docs/method.md §4), ``(B, Q, h, w)``."""
         return class_presence(out.image_values)[..., None, None] * canvas.sigmoid()
 
     def cost(self) -> HeadCost:

@@ -39,6 +39,7 @@ from mmseg.models.utils import resize
 from mmseg.registry import MODELS
 from torch import Tensor
 
+from ..cost import CROP, HeadCost, ResizeStep, layer_norm_flops
 from ..packing import Segments
 from .stage_head import HeadOutput, StageHeadMixin
 
@@ -119,6 +120,36 @@ class DToPSETRUPHead(StageHeadMixin, SETRUPHead):
         w = self.conv_seg.weight
         logits = F.linear(x, w.view(w.shape[0], -1), self.conv_seg.bias)
         return HeadOutput(logits)
+
+    def cost(self) -> HeadCost:
+        """FLOPs of :meth:`forward_tokens` and :meth:`to_pixels`, and of mmseg's
+        dense head (see :meth:`cost_of`)."""
+        module = self.up_convs[0][0]
+        return self.cost_of(module.conv.in_channels, module.conv.out_channels,
+                            self.conv_seg.out_channels, int(self.up_scale),
+                            bool(module.with_norm))
+
+    @classmethod
+    def cost_of(cls, in_channels: int, channels: int, num_classes: int,
+                up_scale: int = 4, with_norm: bool = True) -> HeadCost:
+        """:class:`HeadCost` of a SETR-naive head of these dims (linear in ``n``).
+
+        LN ``5 n D`` + 1x1 conv ``n D c`` + BN (eval: scale and shift) ``2 n c`` +
+        ``conv_seg`` ``n c Q``; :meth:`to_pixels` upsamples the ``Q`` maps ``x u``,
+        then resizes them to the crop. mmseg's dense head (``mmseg``) upsamples the
+        ``c``-channel map ``x u`` instead and runs ``conv_seg`` on every pixel of it.
+        """
+        D, c, Q = in_channels, channels, num_classes
+        token = layer_norm_flops(1, D) + D * c + (2 * c if with_norm else 0)
+        mmseg = HeadCost(num_classes=Q, per_token=token,
+                         pixel_steps=(ResizeStep(c, up_scale, per_pixel=c * Q), ))
+        return HeadCost(num_classes=Q, per_token=token + c * Q,
+                        pixel_steps=(ResizeStep(Q, up_scale), ResizeStep(Q, CROP)),
+                        mmseg=mmseg, name=cls.__name__,
+                        note='SETR: ours runs conv_seg on the tokens and upsamples the '
+                             f'class maps; mmseg upsamples the conv features x{up_scale} '
+                             'first and runs conv_seg on every pixel: same logits, fewer '
+                             'FLOPs.')
 
     def _conv_module_tokens(self, module, x: Tensor) -> Tensor:
         """mmcv ``ConvModule`` with a 1x1 conv on ``(T, C)`` tokens, in its order."""

@@ -15,7 +15,7 @@ Every stage head implements:
   given *space* at its active tokens. Two spaces exist:
 
   - ``'atm'``: ATM mask logits; the final map is the *final* head's class presence
-    times ``sigmoid(canvas)`` (the official DToP rule, spec §2.5);
+    times ``sigmoid(canvas)`` (the official DToP rule, docs/method.md §4);
   - ``'log_probs'``: per-token class log-probabilities (log-softmax of a head's
     logits, or the log of a normalised ATM score); the final map is the canvas
     itself, a ``(B, Q, h, w)`` map of log-probabilities whose per-token softmax is
@@ -25,16 +25,22 @@ Every stage head implements:
 * :meth:`to_pixels` — resize a token-grid map to pixels the way the dense model does;
 * :meth:`loss_by_canvas` — the head's losses on the canvas of its own space as it
   stands after the head wrote into it (earlier exits included, so later losses
-  reach earlier heads through the exited positions, as in the official code).
+  reach earlier heads through the exited positions, as in the official code);
+* :meth:`cost` — the head's FLOPs as a :class:`~dtop.models.cost.HeadCost`: a
+  polynomial in the active tokens ``n`` of one image for :meth:`forward_tokens`,
+  the resize steps of :meth:`to_pixels`, and optionally mmseg's dense counterpart.
+  The cost model (:mod:`dtop.evaluation.flops`) sums what the heads declare and
+  knows no head class; the FLOP-counter tests check each head's declaration.
 
 Heads keep no state between calls.
 """
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor
 
+from ..cost import HeadCost
 from ..packing import Segments
 from ..utils import grid_to_pixels
 
@@ -121,9 +127,59 @@ class StageHeadMixin:
         loss['acc_seg'] = accuracy(seg_logits, seg_label, ignore_index=self.ignore_index)
         return loss
 
+    def cost(self) -> HeadCost:
+        """The head's FLOPs (see :class:`~dtop.models.cost.HeadCost`), read from
+        its built modules (any device, ``meta`` included).
+
+        Every head class declares its own; there is no default, because the cost
+        follows from what :meth:`forward_tokens` and :meth:`to_pixels` compute.
+
+        Raises:
+            NotImplementedError: the head class does not declare its cost.
+        """
+        raise NotImplementedError(
+            f'{type(self).__name__} does not declare its cost: implement '
+            f'{type(self).__name__}.cost() -> dtop.models.cost.HeadCost (the FLOPs of '
+            'forward_tokens on n tokens and the resize steps of to_pixels) to use it '
+            'with the cost model (dtop.evaluation.flops).')
+
+
+@runtime_checkable
+class StageHead(Protocol):
+    """The stage-head contract as a type (see the module docstring).
+
+    Anything with these members can serve as a stage head; :class:`StageHeadMixin`
+    gives softmax heads all but :meth:`forward_tokens`.
+    """
+
+    canvas_space: str
+    supported_spaces: Sequence[str]
+    in_channels: int
+    num_classes: int
+
+    def forward_tokens(self, tokens: Tensor, segments: Segments) -> HeadOutput:
+        ...
+
+    def token_probs(self, out: HeadOutput, segments: Segments) -> Tensor:
+        ...
+
+    def canvas_values(self, out: HeadOutput, segments: Segments, space: str) -> Tensor:
+        ...
+
+    def final_map(self, out: HeadOutput, canvas: Tensor) -> Tensor:
+        ...
+
+    def to_pixels(self, seg_map: Tensor, size: Sequence[int], patch_size: int) -> Tensor:
+        ...
+
+    def loss_by_canvas(self, out: HeadOutput, canvas: Tensor, batch_data_samples,
+                       patch_size: int) -> Dict[str, Tensor]:
+        ...
+
+    def cost(self) -> HeadCost:
+        ...
+
 
 def is_stage_head(module) -> bool:
-    """Whether ``module`` implements the stage-head contract."""
-    return all(callable(getattr(module, name, None)) for name in
-               ('forward_tokens', 'token_probs', 'canvas_values', 'final_map',
-                'to_pixels', 'loss_by_canvas'))
+    """Whether ``module`` implements the stage-head contract (:class:`StageHead`)."""
+    return isinstance(module, StageHead)
