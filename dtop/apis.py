@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from mmengine.config import Config
 
-from dtop.utils.config import CfgOptions, default_work_dir, parse_cfg_options
+from dtop.utils.config import (CfgOptions, check_constructor_keys, default_work_dir,
+                               parse_cfg_options)
 from dtop.utils.errors import OptionError
 
 ImageType = Union[str, np.ndarray, Sequence[Union[str, np.ndarray]]]
@@ -76,7 +77,8 @@ def load_config(config: ConfigType, cfg_options: CfgOptions = None, *,
         FileNotFoundError: ``config file not found: ...`` /
             ``checkpoint not found: ...``.
         OptionError: an invalid threshold, ``k`` or exit policy (a ValueError,
-            naming the value).
+            naming the value), or a model key its constructor does not take
+            (:func:`~dtop.utils.config.check_constructor_keys`).
     """
     from mmengine.registry import init_default_scope
 
@@ -85,13 +87,15 @@ def load_config(config: ConfigType, cfg_options: CfgOptions = None, *,
         cfg = copy.deepcopy(config)
     elif isinstance(config, (str, Path)):
         if not osp.isfile(str(config)):
-            raise FileNotFoundError(f'config file not found: {config}')
+            raise FileNotFoundError(f'config file not found: {config} (pass the path of a '
+                                    'config .py file, e.g. one under configs/)')
         cfg = None
     else:
         raise TypeError(f'config must be a file name or a Config, got {type(config).__name__}')
     if checkpoint is not None and '://' not in str(checkpoint) and \
             not osp.isfile(str(checkpoint)):
-        raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
+        raise FileNotFoundError(f'checkpoint not found: {checkpoint} (pass a .pth file, '
+                                'e.g. WORK_DIR/iter_N.pth of a training run, or a URL)')
     if cfg is None:
         cfg = Config.fromfile(str(config))
     options = parse_cfg_options(cfg_options)
@@ -101,6 +105,9 @@ def load_config(config: ConfigType, cfg_options: CfgOptions = None, *,
         cfg.model.setdefault('test_cfg', {})['precision'] = precision
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     if validate:
+        if isinstance(cfg.get('model', None), dict):  # unknown keys, e.g. model.foo=1
+            from mmseg.registry import MODELS
+            check_constructor_keys(cfg.model, MODELS)
         validate_model_options(cfg)
     return cfg
 
@@ -216,7 +223,8 @@ def build_model(cfg: Config, init_weights: bool = False):
 
 
 def init_model(config: ConfigType, checkpoint: Optional[str] = None, device: str = 'cpu',
-               cfg_options: CfgOptions = None, *, allow_partial_load: bool = False):
+               cfg_options: CfgOptions = None, *, allow_partial_load: bool = False,
+               trust_checkpoint: Optional[bool] = None):
     """A segmentor ready for inference, as ``mmseg.apis.init_model``.
 
     Args:
@@ -228,6 +236,10 @@ def init_model(config: ConfigType, checkpoint: Optional[str] = None, device: str
         cfg_options (dict | list[str], optional): ``--cfg-options``.
         allow_partial_load (bool): load a checkpoint whose keys or shapes do not
             all match (a warning lists them), as ``--allow-partial-load``.
+        trust_checkpoint (bool, optional): unpickle the checkpoint fully (it can run
+            code it carries; ``--trust-checkpoint``). Default: the safe loader of
+            :func:`dtop.utils.checkpoint.torch_load_checkpoint` (unless
+            :func:`~dtop.utils.checkpoint.set_trust_checkpoint` said otherwise).
 
     Returns:
         nn.Module: in eval mode on ``device``, with ``model.cfg`` and
@@ -237,15 +249,16 @@ def init_model(config: ConfigType, checkpoint: Optional[str] = None, device: str
     Raises:
         FileNotFoundError: missing config or checkpoint.
         CheckpointError / CheckpointMismatchError: unreadable or unfitting checkpoint.
+        NonFiniteError: the checkpoint's weights hold NaN or Inf (the first named).
         OptionError: invalid model options.
     """
-    from dtop.utils.checkpoint import allow_full_checkpoint_unpickling, load_checkpoint_strict
+    from dtop.utils.checkpoint import load_checkpoint_strict
     cfg = load_config(config, cfg_options, checkpoint=checkpoint)
     model = build_model(cfg, init_weights=checkpoint is None)
     meta = {}
     if checkpoint is not None:
-        allow_full_checkpoint_unpickling()  # mmengine checkpoints (trusted files only)
-        ckpt = load_checkpoint_strict(model, checkpoint, strict=not allow_partial_load)
+        ckpt = load_checkpoint_strict(model, checkpoint, strict=not allow_partial_load,
+                                      trust=trust_checkpoint)
         ckpt_meta = ckpt.get('meta') if isinstance(ckpt.get('meta'), dict) else {}
         if isinstance(ckpt_meta.get('dataset_meta'), dict):
             meta = dict(ckpt_meta['dataset_meta'])

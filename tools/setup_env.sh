@@ -23,6 +23,8 @@ CACHE="${DTOP_CACHE:-$HOME/.cache/dtop}"
 MMCV_VERSION="$(sed -n 's/^mmcv==//p' "$ROOT/constraints.txt")"
 [[ -n "$MMCV_VERSION" ]] || { echo "setup_env: no 'mmcv==' pin in constraints.txt" >&2; exit 1; }
 T0=$(date +%s)
+# mmcv's sdist download, C++20 patch and wheel build, shared with tools/device_check.sh.
+source "$ROOT/tools/_mmcv_build.sh"
 
 log() { printf '[setup_env %4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 
@@ -38,7 +40,8 @@ pick_python() {
 # Everything that decides the environment's content goes into the stamp.
 stamp_of() {
   cat "$ROOT/requirements.txt" "$ROOT/requirements-optional.txt" "$ROOT/requirements-dev.txt" \
-    "$ROOT/constraints.txt" "$ROOT/tools/setup_env.sh" "$ROOT/setup.py" \
+    "$ROOT/constraints.txt" "$ROOT/tools/setup_env.sh" "$ROOT/tools/_mmcv_build.sh" \
+    "$ROOT/setup.py" \
     | sha256sum | cut -d' ' -f1
 }
 
@@ -87,20 +90,19 @@ else
     log "this is a one-time build: expect ~20-25 min on 2 cores; the wheel is cached in $WHEEL_DIR"
     BUILD="$(mktemp -d)"
     trap 'rm -rf "$BUILD"' EXIT
-    "${PIP[@]}" download -q --no-deps --no-binary :all: "mmcv==$MMCV_VERSION" -d "$BUILD"
-    tar -xzf "$BUILD"/mmcv-"$MMCV_VERSION".tar.gz -C "$BUILD"
+    mmcv_fetch_sdist "$PY" "$MMCV_VERSION" "$BUILD"
+    # extract and patch (torch>=2.14 headers need C++20: tools/_mmcv_build.sh)
+    mmcv_unpack_patched "$BUILD"/mmcv-"$MMCV_VERSION".tar.gz "$BUILD"
     SRC="$BUILD/mmcv-$MMCV_VERSION"
-    # torch>=2.14 headers need C++20; mmcv's setup.py hard-codes -std=c++17 after CFLAGS.
-    sed -i 's/-std=c++17/-std=c++20/g' "$SRC/setup.py"
     export MMCV_WITH_OPS=1 MAX_JOBS="$JOBS"
     if [[ "$VARIANT" == cuda ]]; then export FORCE_CUDA=1; fi
     mkdir -p "$WHEEL_DIR"
     # Show ninja's [done/total] progress lines; the full log stays in $BUILD/build.log.
-    ( cd "$SRC" && "$PY" setup.py -q bdist_wheel -d "$WHEEL_DIR" ) > "$BUILD/build.log" 2>&1 &
+    mmcv_build_wheel "$PY" "$SRC" "$WHEEL_DIR" > "$BUILD/build.log" 2>&1 &
     BPID=$!
     while kill -0 "$BPID" 2>/dev/null; do
       sleep 30
-      last="$(grep -oE '^\[[0-9]+/[0-9]+\]' "$BUILD/build.log" | tail -1 || true)"
+      last="$(mmcv_build_progress "$BUILD/build.log")"
       log "mmcv build running... ${last:-configuring}"
     done
     if ! wait "$BPID"; then

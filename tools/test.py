@@ -4,6 +4,7 @@ Examples::
 
     python tools/test.py CONFIG CHECKPOINT                       # one process
     bash tools/dist_test.sh CONFIG CHECKPOINT [--out DIR] [--show-dir DIR]
+    GPUS=4 bash tools/slurm_test.sh PARTITION JOB_NAME CONFIG CHECKPOINT   # Slurm
 
 The metrics (mIoU, ...) are printed by the Runner at the end. ``--out`` saves the
 predicted label maps as PNG files; ``--show-dir`` saves painted predictions.
@@ -17,12 +18,12 @@ _ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import Config  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 
 from dtop.apis import default_work_dir, load_config  # noqa: E402
 from dtop.engine import DToPRunner  # noqa: E402
-from dtop.utils import allow_full_checkpoint_unpickling  # noqa: E402
+from dtop.utils.config import CfgOptionsAction, check_work_dir  # noqa: E402
 from dtop.utils.errors import run_cli  # noqa: E402
 from dtop.utils.launch import (LAUNCHERS, die_with_parent,  # noqa: E402
                                launched_by_torchrun, prepare_distributed)
@@ -54,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         '--cfg-options',
         nargs='+',
-        action=DictAction,
+        action=CfgOptionsAction,
         help='override settings of the config, key=value pairs such as '
         'model.prune_threshold=0.9')
     parser.add_argument(
@@ -69,6 +70,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         action='store_true',
         help='evaluate even if the checkpoint\'s keys or shapes do not all match the '
         'model (default: stop with the first mismatches)')
+    parser.add_argument(
+        '--trust-checkpoint',
+        action='store_true',
+        help='unpickle checkpoints fully (can run code a file carries; only for files '
+        'you trust). Default: the safe loader, which rebuilds tensors and plain data '
+        'only (docs/robustness.md)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
@@ -112,11 +119,14 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = default_work_dir(args.config)
+    check_work_dir(cfg.work_dir)  # a file there: one line, not FileExistsError
 
     cfg.load_from = args.checkpoint
     cfg.resume = False
     if args.allow_partial_load:
         cfg.load_strict = False
+    if args.trust_checkpoint:
+        cfg.trust_checkpoint = True  # DToPRunner: full unpickling, announced per file
 
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
@@ -138,8 +148,6 @@ def build_config(args: argparse.Namespace) -> Config:
 
 
 def main(argv=None) -> dict:
-    # mmengine checkpoints need full unpickling under torch>=2.6 (docs/environment.md).
-    allow_full_checkpoint_unpickling()
     if launched_by_torchrun():
         die_with_parent()  # a killed torchrun must not leave a worker running
     args = parse_args(argv)

@@ -7,6 +7,8 @@ Examples::
     # several processes: use the launchers (torchrun, NCCL on GPUs, gloo on CPU)
     bash tools/dist_train.sh CONFIG WORK_DIR [--resume] [--amp] [--cfg-options k=v ...]
     bash tools/dist_train_load.sh PRUNE_CONFIG WORK_DIR BASE_CKPT
+    # on a Slurm cluster (srun, --launcher slurm)
+    GPUS=8 bash tools/slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR
 
 ``--resume`` continues from the latest checkpoint in the work directory (or from
 ``load_from`` if the config sets it), restoring optimizer, scheduler and iteration.
@@ -23,17 +25,17 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 import torch  # noqa: E402
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import Config  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from dtop.apis import default_work_dir, load_config, validate_model_options  # noqa: E402
 from dtop.engine import DToPRunner  # noqa: E402
-from dtop.utils import allow_full_checkpoint_unpickling  # noqa: E402
+from dtop.utils.config import CfgOptionsAction, check_work_dir  # noqa: E402
 from dtop.utils.errors import run_cli  # noqa: E402
 from dtop.utils.launch import (LAUNCHERS, WorkDirLock, die_with_parent,  # noqa: E402
-                               launched_by_torchrun, prepare_distributed)
+                               global_rank, launched_by_torchrun, prepare_distributed)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,9 +60,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         help='let load_from / --resume load a checkpoint whose keys or shapes do not '
         'all match the model (default: stop with the first mismatches)')
     parser.add_argument(
+        '--trust-checkpoint',
+        action='store_true',
+        help='unpickle checkpoints fully (can run code a file carries; only for files '
+        'you trust). Default: the safe loader, which rebuilds tensors and plain data '
+        'only (docs/robustness.md)')
+    parser.add_argument(
         '--cfg-options',
         nargs='+',
-        action=DictAction,
+        action=CfgOptionsAction,
         help='override settings of the config, key=value pairs such as '
         'train_cfg.max_iters=40000 or load_from=work_dirs/base/iter_160000.pth')
     parser.add_argument(
@@ -95,6 +103,7 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = default_work_dir(args.config)
+    check_work_dir(cfg.work_dir)  # a file there: one line, not FileExistsError
 
     if args.amp:
         if not torch.cuda.is_available():
@@ -113,6 +122,8 @@ def build_config(args: argparse.Namespace) -> Config:
     cfg.resume = args.resume
     if args.allow_partial_load:
         cfg.load_strict = False
+    if args.trust_checkpoint:
+        cfg.trust_checkpoint = True  # DToPRunner: full unpickling, announced per file
 
     load_from = cfg.get('load_from')
     if load_from and '://' not in str(load_from) and not osp.isfile(load_from):
@@ -138,14 +149,12 @@ def build_runner(cfg: Config) -> Runner:
 
 
 def main(argv=None) -> None:
-    # mmengine checkpoints need full unpickling under torch>=2.6 (docs/environment.md).
-    allow_full_checkpoint_unpickling()
     if launched_by_torchrun():
         die_with_parent()  # a killed torchrun must not leave a worker training
     args = parse_args(argv)
     cfg = build_config(args)
     lock = None
-    if int(os.environ.get('RANK', '0')) == 0:
+    if global_rank(args.launcher) == 0:  # RANK (torchrun) or SLURM_PROCID (srun)
         lock = WorkDirLock(cfg.work_dir).acquire()
     prepare_distributed(cfg, args.launcher)
     runner = build_runner(cfg)

@@ -13,9 +13,11 @@ env_cfg = dict(
     dist_cfg=dict(backend='nccl'),
 )
 
-# As the official configs: DDP with find_unused_parameters=True (mmengine's Runner
-# and tools/train.py read this key when they build MMDistributedDataParallel).
-find_unused_parameters = True
+# DDP's find_unused_parameters. None: decided from the built model by DToPRunner
+# (False when every trainable parameter takes part in the loss, as in every DToP
+# model; the official configs' True costs a graph traversal per step and makes
+# torch warn that nothing was unused). True/False: an explicit override.
+find_unused_parameters = None
 
 vis_backends = [dict(type='LocalVisBackend')]
 # DToPVisualizer = mmseg's SegLocalVisualizer + the token exit-map panel
@@ -23,10 +25,15 @@ vis_backends = [dict(type='LocalVisBackend')]
 visualizer = dict(
     type='DToPVisualizer', vis_backends=vis_backends, name='visualizer')
 # FlopsMetricDimsHook hands the model's dimensions to IoUFlopsMetric (dynamic GFLOPs);
-# PruneStatsHook logs per-stage keep ratios while training with pruning live.
+# PruneStatsHook logs per-stage keep ratios while training with pruning live;
+# NonFiniteGuardHook stops training at the first NaN/Inf loss or gradient norm (that
+# step is not applied; max_skips=N skips N bad steps first, as AMP's scaler does).
+# DToPRunner adds a NonFiniteGuardHook(max_skips=0) to configs whose custom_hooks
+# list has none.
 custom_hooks = [
     dict(type='FlopsMetricDimsHook'),
     dict(type='PruneStatsHook', interval=50),
+    dict(type='NonFiniteGuardHook', max_skips=0),
 ]
 log_processor = dict(by_epoch=False)
 log_level = 'INFO'
@@ -40,6 +47,10 @@ resume = False
 # name a bad image/annotation file. See docs/robustness.md.
 runner_type = 'DToPRunner'
 load_strict = True
+# Checkpoints are loaded by a restricted unpickler that rebuilds tensors and plain data
+# and runs nothing a file carries. True (--trust-checkpoint in the tools) unpickles
+# them fully, which can run code: only for files you trust (docs/robustness.md).
+trust_checkpoint = False
 
 # Test-time augmentation (tools/test.py --tta): mmseg's SegTTAModel merging, plus
 # the pruning statistics of every augmented pass for IoUFlopsMetric.

@@ -12,6 +12,7 @@ Three users:
 * :func:`check_not_empty` stops a run whose data root holds no sample.
 * ``tools/misc/check_dataset.py`` decodes a whole split (:func:`check_sample`).
 """
+import os
 import os.path as osp
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -219,9 +220,53 @@ def describe_dataset_source(dataset) -> str:
     return ', '.join(parts)
 
 
-def build_checked_dataset(dataset_cfg: dict, split: str):
+def skipped_image_entries(dataset, limit: Optional[int] = None) -> List[str]:
+    """Entries of an image folder that the dataset skips without a word.
+
+    A dataset that lists its image folder (no ``ann_file``; mmseg's
+    ``list_dir_or_file``) silently leaves out every name with the image suffix
+    that is not a regular file: a dangling symlink, a FIFO, ... Each such entry
+    is named here, so that a lost sample is not a silent change of the split.
+
+    Args:
+        dataset: a built dataset (possibly wrapped).
+        limit (int, optional): stop after this many.
+
+    Returns:
+        list[str]: one message per entry.
+    """
+    found: List[str] = []
+    for ds in iter_base_datasets(dataset):
+        if getattr(ds, 'ann_file', None):
+            continue  # names come from a file: a missing image fails per sample
+        img_dir = (getattr(ds, 'data_prefix', None) or {}).get('img_path')
+        suffix = getattr(ds, 'img_suffix', None)
+        if not (_is_local(img_dir) and suffix and osp.isdir(img_dir)):
+            continue
+        for root, _, files in os.walk(img_dir, followlinks=True):
+            for name in sorted(files):
+                if name.startswith('.') or not name.endswith(suffix):
+                    continue
+                path = osp.join(root, name)
+                if osp.isfile(path):
+                    continue
+                if osp.islink(path) and not osp.exists(path):
+                    what = f'is a dangling symlink (-> {os.readlink(path)})'
+                else:
+                    what = 'is not a regular file'
+                found.append(f'image {path} {what}: the dataset skips it without a word; '
+                             'fix the link or remove the entry')
+                if limit is not None and len(found) >= limit:
+                    return found
+    return found
+
+
+def build_checked_dataset(dataset_cfg: dict, split: str, warn_skipped: bool = True):
     """``DATASETS.build`` + ``full_init``, with a missing folder or annotation file
-    reported as :class:`DataError` naming the data root and the fix."""
+    reported as :class:`DataError` naming the data root and the fix.
+
+    With ``warn_skipped``, image entries the dataset leaves out (dangling
+    symlinks, :func:`skipped_image_entries`) are logged as a warning."""
     from mmengine.registry import DATASETS
     where = ', '.join(f'{k}={dataset_cfg.get(k)!r}' for k in
                       ('type', 'data_root', 'data_prefix', 'ann_file', 'img_suffix')
@@ -244,6 +289,13 @@ def build_checked_dataset(dataset_cfg: dict, split: str):
             '(tools/dataset_converters/, or `python -m dtop.datasets.demo_generator` for '
             'the demo).') from exc
     check_not_empty(dataset, split)
+    skipped = skipped_image_entries(dataset, limit=4) if warn_skipped else []
+    if skipped:
+        from mmengine.logging import print_log
+        count = f'{len(skipped)}{"+" if len(skipped) == 4 else ""}'
+        print_log(f'the {split} dataset skips image entries that are not readable files '
+                  f'({count}), e.g. {skipped[0]}. {_FIX.format(split=split)}.',
+                  logger='current', level=30)
     return dataset
 
 
@@ -316,7 +368,7 @@ def build_load_transforms(pipeline_cfg: Optional[Sequence[dict]]):
 
 
 def check_sample(info: dict, num_classes: int, ignore_index: int = 255,
-                 loaders=None) -> Dict[str, str]:
+                 loaders=None, stats: Optional[Dict[str, int]] = None) -> Dict[str, str]:
     """Decode one sample as training/testing would and list its problems.
 
     Args:
@@ -326,6 +378,9 @@ def check_sample(info: dict, num_classes: int, ignore_index: int = 255,
         ignore_index (int): ignored label value.
         loaders (tuple, optional): ``(LoadImageFromFile, LoadAnnotations)``
             transforms (default: mmseg's with default arguments).
+        stats (dict, optional): counters updated in place: ``annotations``
+            (decoded label maps) and ``labelled_pixels`` (pixels with a class in
+            ``[0, num_classes)``), for :func:`no_labelled_pixels_message`.
 
     Returns:
         dict: problem category -> message; categories are ``unreadable image``,
@@ -374,6 +429,10 @@ def check_sample(info: dict, num_classes: int, ignore_index: int = 255,
                 problems['size mismatch'] = (f'annotation {seg_path} is {gt.shape[1]}x'
                                              f'{gt.shape[0]} px but image {img_path} is '
                                              f'{img_shape[1]}x{img_shape[0]} px (W x H)')
+            if stats is not None:
+                stats['annotations'] = stats.get('annotations', 0) + 1
+                stats['labelled_pixels'] = stats.get('labelled_pixels', 0) + int(
+                    np.count_nonzero((gt >= 0) & (gt < num_classes)))
             bad = out_of_range_labels(gt, num_classes, ignore_index) if gt.ndim == 2 else []
             if bad:
                 raw = ' (raw values: these + 1, reduce_zero_label)' \
@@ -382,4 +441,29 @@ def check_sample(info: dict, num_classes: int, ignore_index: int = 255,
                     f'annotation {seg_path}: values {bad}{raw} outside [0, {num_classes}) '
                     f'and not {ignore_index}')
     return problems
+
+
+def no_labelled_pixels_message(stats: Dict[str, int], split: str, num_classes: int,
+                               ignore_index: int = 255,
+                               reduce_zero_label: bool = False) -> Optional[str]:
+    """The problem of a split whose annotations hold no class label at all.
+
+    Every pixel is the ignore index (or out of range): nothing is trained on, and
+    aAcc / mIoU are ``nan``. None when some pixel is labelled or nothing was decoded.
+
+    Args:
+        stats (dict): the counters :func:`check_sample` filled.
+        split (str): for the message.
+        num_classes (int): classes of the dataset.
+        ignore_index (int): the ignored value.
+        reduce_zero_label (bool): whether raw 0 became the ignore index.
+    """
+    if not stats.get('annotations') or stats.get('labelled_pixels', 0) > 0:
+        return None
+    raw = ' (raw value 0 becomes it: reduce_zero_label=True)' if reduce_zero_label else ''
+    return (f'no labelled pixels in split {split}: none of its {stats["annotations"]} '
+            f'annotation(s) has a pixel with a class in [0, {num_classes}); all are the '
+            f'ignore index {ignore_index}{raw} or out of range, so aAcc and mIoU would be '
+            'nan. Check the annotation folder / seg_map_suffix, the label encoding and '
+            'reduce_zero_label')
 

@@ -1,5 +1,9 @@
-"""Engine components (hooks, the runner)."""
-from .hooks import AtomicCheckpointHook, PruneStatsHook
+"""Engine components (hooks, optimizer wrappers, the runner)."""
+from .hooks import (AtomicCheckpointHook, NonFiniteGuardHook, PlainCheckpointHook,
+                    PruneStatsHook)
+from .optim_wrappers import NonFiniteGuardAmpOptimWrapper, NonFiniteGuardOptimWrapper
 from .runner import DToPRunner
 
-__all__ = ['AtomicCheckpointHook', 'DToPRunner', 'PruneStatsHook']
+__all__ = ['AtomicCheckpointHook', 'DToPRunner', 'NonFiniteGuardAmpOptimWrapper',
+           'NonFiniteGuardHook', 'NonFiniteGuardOptimWrapper', 'PlainCheckpointHook',
+           'PruneStatsHook']

@@ -38,6 +38,7 @@ import copy
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
+import torch
 from mmengine.hooks import Hook
 from mmengine.logging import MMLogger, print_log
 from mmseg.evaluation.metrics import IoUMetric
@@ -181,6 +182,40 @@ def _resolve_dims(cost_dims, model_cfg) -> Optional[DToPCostDims]:
     return None
 
 
+def _non_finite_logits(ds: dict) -> Optional[str]:
+    """The image path when the sample's ``seg_logits`` hold NaN/Inf, else None."""
+    logits = (ds.get('seg_logits') or {}).get('data') if isinstance(
+        ds.get('seg_logits'), dict) else None
+    if torch.is_tensor(logits) and logits.numel() and not bool(torch.isfinite(logits).all()):
+        return str(ds.get('img_path') or 'an image without img_path')
+    return None
+
+
+def _refuse_nan_results(results: List[tuple]) -> None:
+    """Raise when any image's logits were non-finite: its scores are not numbers."""
+    from dtop.utils.errors import NonFiniteError
+    bad = [r[2] for r in results if len(r) > 2 and r[2] is not None]
+    if bad:
+        raise NonFiniteError(
+            f'IoUFlopsMetric: the model\'s logits are NaN/Inf for {len(bad)} of '
+            f'{len(results)} images (first: {bad[0]}), so no metric is reported. The '
+            'weights or the inference precision are at fault: use a checkpoint with finite '
+            'weights (the tools refuse NaN/Inf weights) and try --precision fp32.')
+
+
+def _refuse_unlabelled(ious: List[tuple], ignore_index: int) -> None:
+    """Raise when no pixel of the split is labelled (aAcc/mIoU would be nan)."""
+    from dtop.utils.errors import DataError
+    labelled = sum(float(r[3].sum()) for r in ious)
+    if labelled == 0:
+        raise DataError(
+            f'IoUFlopsMetric: the {len(ious)} images of the split have no labelled pixels '
+            f'(every annotation pixel is the ignore index {ignore_index} after the '
+            'dataset\'s label mapping, e.g. reduce_zero_label turns 0 into 255), so aAcc '
+            'and mIoU would be nan. Check the annotations: tools/misc/check_dataset.py '
+            'CONFIG.')
+
+
 @METRICS.register_module()
 class IoUFlopsMetric(IoUMetric):
     """:class:`IoUMetric` plus DToP's dynamic GFLOPs and token-exit statistics.
@@ -226,7 +261,8 @@ class IoUFlopsMetric(IoUMetric):
                 raise KeyError('IoUFlopsMetric(require_stats=True): a sample has no '
                                '"dtop_stats" metainfo; is the model a DToPEncoderDecoder?')
             rec = stats_record(stats) if stats is not None else None
-            self.results.append((iou, rec))
+            bad = _non_finite_logits(ds)  # a third element only for NaN/Inf logits
+            self.results.append((iou, rec) if bad is None else (iou, rec, bad))
 
     def _check_ground_truth(self, ds: dict) -> None:
         """Refuse to score a sample whose labels or size cannot be scored right.
@@ -275,7 +311,10 @@ class IoUFlopsMetric(IoUMetric):
             dict: IoU metrics and the keys of :func:`flops_summary`.
         """
         logger: MMLogger = MMLogger.get_current_instance()
+        _refuse_nan_results(results)
         ious = [r[0] for r in results if r[0] is not None]
+        if ious and not self.format_only:
+            _refuse_unlabelled(ious, self.ignore_index)
         metrics = dict(super().compute_metrics(ious)) if (ious or self.format_only) else {}
         records = [r[1] for r in results if r[1] is not None]
         if not records:

@@ -1,3 +1,3 @@
-from .checkpoint import allow_full_checkpoint_unpickling
+from .checkpoint import set_trust_checkpoint, torch_load_checkpoint
 
-__all__ = ['allow_full_checkpoint_unpickling']
+__all__ = ['set_trust_checkpoint', 'torch_load_checkpoint']

@@ -232,11 +232,9 @@ class PolicyEvaluator:
     def __init__(self, cfg) -> None:
         import dtop.evaluation  # noqa: F401  (registers IoUFlopsMetric and the hook)
         from dtop.engine import DToPRunner
-        from dtop.utils import allow_full_checkpoint_unpickling
 
-        # mmengine checkpoints need full unpickling under torch >= 2.6 (trusted files
-        # only; see dtop/utils/checkpoint.py).
-        allow_full_checkpoint_unpickling()
+        # the checkpoint is loaded safely (dtop.utils.checkpoint; trust_checkpoint in
+        # the config unpickles it fully)
         self.runner = DToPRunner.from_cfg(cfg)
         self.model = getattr(self.runner.model, 'module', self.runner.model)
         if not hasattr(self.model, 'set_exit_policy'):

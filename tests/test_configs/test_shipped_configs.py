@@ -161,7 +161,7 @@ def test_config_follows_the_recipe(row, kind):
     assert poly == dict(type='PolyLR', power=0.9, eta_min=0.0, by_epoch=False, begin=1500,
                         end=iters)
     assert cfg.train_cfg == dict(type='IterBasedTrainLoop', max_iters=iters, val_interval=4000)
-    assert cfg.find_unused_parameters is True
+    assert cfg.find_unused_parameters is None  # DToPRunner decides it from the model
     assert cfg.custom_imports == dict(imports=['dtop'], allow_failed_imports=False)
     assert cfg.log_processor == dict(by_epoch=False)
 

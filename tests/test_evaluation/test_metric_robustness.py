@@ -92,3 +92,36 @@ def test_tta_model_keeps_every_pass_and_the_metric_sums_them():
     samples[1].set_metainfo(dict(dtop_stats=None))
     with pytest.raises(KeyError, match='only 1 of 2 augmented passes'):
         tta.merge_preds([samples])
+
+
+def test_non_finite_logits_are_not_reported_as_a_number():
+    from dtop.utils.errors import NonFiniteError
+    g = torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 30)))
+    gt = torch.randint(0, NUM_CLASSES, (20, 30), generator=g)
+    m = _metric()
+    good = _sample(gt)
+    good['seg_logits'] = dict(data=torch.randn(NUM_CLASSES, 20, 30, generator=g))
+    bad = _sample(gt, name='nan.jpg')
+    logits = torch.randn(NUM_CLASSES, 20, 30, generator=g)
+    logits[2, 3, 4] = float('nan')
+    bad['seg_logits'] = dict(data=logits)
+    m.process({}, [good, bad])
+    with pytest.raises(NonFiniteError, match=r"the model's logits are NaN/Inf for 1 of 2 "
+                                             r'images \(first: nan.jpg\), so no metric'):
+        m.compute_metrics(list(m.results))
+    ok = _metric()
+    ok.process({}, [good])
+    assert ok.compute_metrics(list(ok.results))['mIoU'] == 100.0
+
+
+def test_split_without_labelled_pixels_says_so_instead_of_nan():
+    g = torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 30)))
+    m = _metric()
+    for i in range(3):
+        gt = torch.full((20, 30), 255)
+        m.process({}, [_sample(gt, torch.randint(0, NUM_CLASSES, (20, 30), generator=g),
+                               name=f'{i}.jpg')])
+    with pytest.raises(DataError, match=r'the 3 images of the split have no labelled '
+                                        r'pixels \(every annotation pixel is the ignore '
+                                        r'index 255'):
+        m.compute_metrics(list(m.results))

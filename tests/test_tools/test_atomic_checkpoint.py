@@ -10,21 +10,22 @@ runner resumes.
 import os
 import sys
 
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
+from mmengine.logging import HistoryBuffer
 
 from _faulty_hook import SimulatedCrash
 from _tiny_runs import BASE_CONFIG, ROOT, make_tiny_ade, write_tiny_config
 from dtop.engine import DToPRunner
 from dtop.engine.hooks import AtomicCheckpointHook
-from dtop.utils import allow_full_checkpoint_unpickling
+from dtop.utils.checkpoint import from_plain_checkpoint
 
 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
-    allow_full_checkpoint_unpickling()
     root = tmp_path_factory.mktemp('atomic')
     data = make_tiny_ade(root / 'data', n_train=2, n_val=1)
     config = write_tiny_config(root / 'tiny.py', data, BASE_CONFIG, max_iters=6)
@@ -50,6 +51,10 @@ class _StartState(Hook):
         self.opt_steps = {int(s['step']) for s in runner.optim_wrapper.optimizer.state.values()}
         self.last_steps = [s.last_step for s in runner.param_schedulers]
         self.weight = runner.model.backbone.patch_embed.projection.weight.detach().clone()
+        hub = runner.message_hub
+        self.loss_history = hub.log_scalars['train/loss']._log_history.copy() \
+            if 'train/loss' in hub.log_scalars else None
+        self.last_ckpt = hub.get_info('last_ckpt')
 
 
 @pytest.mark.parametrize('stage,resume_iter', [
@@ -83,6 +88,14 @@ def test_interrupted_save_then_resume(setup, tmp_path, stage, resume_iter):
     assert probe.last_steps == [s['last_step'] for s in expected['param_schedulers']]
     assert torch.equal(probe.weight,
                        expected['state_dict']['backbone.patch_embed.projection.weight'])
+    # the message hub (loss history, runtime info) is restored from the plain-data
+    # checkpoint, without full unpickling
+    hub = from_plain_checkpoint(expected['message_hub'])
+    assert isinstance(hub['log_scalars']['train/loss'], HistoryBuffer)
+    assert probe.loss_history is not None and len(probe.loss_history) == resume_iter
+    np.testing.assert_array_equal(probe.loss_history,
+                                  hub['log_scalars']['train/loss']._log_history)
+    assert probe.last_ckpt == hub['runtime_info']['last_ckpt']
     assert runner.iter == 6
     names = sorted(os.listdir(work))
     assert 'iter_6.pth' in names and not any(n.endswith('.partial') for n in names)
@@ -127,3 +140,42 @@ def test_sigkill_during_save_then_resume_cli(setup, tmp_path):
     ckpt = torch.load(work / 'iter_6.pth', map_location='cpu', weights_only=False)
     assert ckpt['meta']['iter'] == 6
     assert {int(s['step']) for s in ckpt['optimizer']['state'].values()} == {6}
+
+
+def test_disk_full_during_save_names_free_space_and_the_intact_checkpoint(
+        setup, tmp_path, monkeypatch):
+    """OSError [Errno 28] while writing iter_4: the .partial is removed, one line names
+    the free space and iter_2 (intact), and --resume on the same disk works."""
+    import errno
+
+    from mmengine.fileio import LocalBackend
+
+    from dtop.utils.errors import CheckpointError
+    work = tmp_path / 'work'
+    real_put = LocalBackend.put
+
+    def full_disk_put(self, obj, filepath):
+        if 'iter_4' in str(filepath):
+            with open(filepath, 'wb') as f:  # part of the file reaches the disk
+                f.write(obj[: len(obj) // 3])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_put(self, obj, filepath)
+
+    monkeypatch.setattr(LocalBackend, 'put', full_disk_put)
+    with pytest.raises(CheckpointError) as info:
+        DToPRunner.from_cfg(_cfg(setup, work, 'full_1')).train()
+    msg = str(info.value)
+    assert msg.startswith(f'could not save checkpoint {work / "iter_4.pth"}: [Errno 28] '
+                          'No space left on device (')
+    assert f'free on the disk of {work}' in msg
+    assert f'removed the incomplete {work / ".iter_4.pth.partial"}' in msg
+    assert f'the previous checkpoint {work / "iter_2.pth"} is intact' in msg
+    assert '\n' not in msg
+    assert not any(n.endswith('.partial') for n in os.listdir(work))
+    assert (work / 'last_checkpoint').read_text() == str(work / 'iter_2.pth')
+    monkeypatch.setattr(LocalBackend, 'put', real_put)  # space freed
+    runner = DToPRunner.from_cfg(_cfg(setup, work, 'full_2', resume=True))
+    probe = _StartState()
+    runner.register_hook(probe, priority='VERY_LOW')
+    runner.train()
+    assert probe.iter == 2 and runner.iter == 6

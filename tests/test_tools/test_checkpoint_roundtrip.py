@@ -2,7 +2,7 @@
 back with ``load_from`` (weights only) and with ``resume`` (full state), in process.
 
 Uses the tiny config derived from the shipped ADE20K BASE config (as the e2e
-tests) and ``allow_full_checkpoint_unpickling`` (as tools/train.py does).
+tests) and the safe checkpoint loader (dtop.utils.checkpoint) that every load uses.
 """
 import copy
 
@@ -13,12 +13,10 @@ from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
 from _tiny_runs import BASE_CONFIG, make_tiny_ade, write_tiny_config
-from dtop.utils import allow_full_checkpoint_unpickling
 
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
-    allow_full_checkpoint_unpickling()
     root = tmp_path_factory.mktemp('ckpt')
     data = make_tiny_ade(root / 'data', n_train=2, n_val=1)
     cfg = Config.fromfile(str(write_tiny_config(root / 'tiny.py', data, BASE_CONFIG,

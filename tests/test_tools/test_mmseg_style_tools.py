@@ -23,7 +23,6 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 from dtop.datasets.demo_generator import generate_demo_dataset
-from dtop.utils import allow_full_checkpoint_unpickling
 from dtop.utils.errors import CheckpointMismatchError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +45,6 @@ def load_tool(rel: str):
 
 @pytest.fixture(scope='module')
 def demo_run(tmp_path_factory):
-    allow_full_checkpoint_unpickling()
     tmp = tmp_path_factory.mktemp('mmseg_tools')
     data = tmp / 'data'
     generate_demo_dataset(str(data), num_train=4, num_val=NUM_VAL, seed=0,

@@ -15,7 +15,6 @@ from mmseg.registry import MODELS
 from PIL import Image
 
 from _tiny_runs import BASE_CONFIG, ROOT, make_tiny_ade, write_tiny_config
-from dtop.utils import allow_full_checkpoint_unpickling
 from dtop.utils.errors import (CheckpointError, CheckpointMismatchError, DataError,
                                run_cli)
 
@@ -51,7 +50,6 @@ def _save_model(cfg_path, out, embed_dims=None, seed=0):
 
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
-    allow_full_checkpoint_unpickling()
     root = tmp_path_factory.mktemp('robust')
     data = make_tiny_ade(root / 'data', n_train=2, n_val=2)
     config = write_tiny_config(root / 'tiny.py', data, BASE_CONFIG, max_iters=4)

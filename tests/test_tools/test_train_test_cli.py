@@ -134,16 +134,20 @@ def test_prepare_distributed_rejects_bad_launchers():
     cfg = Config.fromfile(str(BASE_CONFIG))
     with pytest.raises(ValueError, match="one of .* got 'local'"):
         prepare_distributed(cfg, 'local')
-    with pytest.raises(ValueError, match='--launcher slurm needs CUDA devices'):
-        prepare_distributed(cfg, 'slurm', cuda_available=False)
+    with pytest.raises(ValueError, match='--launcher mpi needs CUDA devices'):
+        prepare_distributed(cfg, 'mpi', cuda_available=False)
 
 
 def test_configure_cpu_ddp():
     cfg = Config.fromfile(str(BASE_CONFIG))
     configure_cpu_ddp(cfg)
     assert cfg.env_cfg.dist_cfg.backend == 'gloo'
-    assert cfg.model_wrapper_cfg == dict(type='MMDistributedDataParallel', device_ids=None,
-                                         find_unused_parameters=True)
+    # find_unused_parameters = None in the runtime base: DToPRunner decides it from
+    # the model (tests/test_tools/test_ddp_find_unused.py)
+    assert cfg.model_wrapper_cfg == dict(type='MMDistributedDataParallel', device_ids=None)
+    cfg = Config(dict(find_unused_parameters=True))
+    configure_cpu_ddp(cfg)
+    assert cfg.model_wrapper_cfg.find_unused_parameters is True
     cfg = Config(dict(model_wrapper_cfg=dict(type='MMFullyShardedDataParallel',
                                              device_ids=[0], find_unused_parameters=False)))
     configure_cpu_ddp(cfg)

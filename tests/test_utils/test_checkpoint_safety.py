@@ -158,3 +158,40 @@ def test_work_dir_lock(tmp_path):
         WorkDirLock(str(tmp_path / 'w')).acquire()
     lock.release()
     WorkDirLock(str(tmp_path / 'w')).acquire().release()
+
+
+def test_garbage_last_checkpoint_is_named_not_a_unicode_traceback(tmp_path):
+    work = tmp_path / 'work'
+    work.mkdir()
+    pointer = work / 'last_checkpoint'
+    pointer.write_bytes(b'\xf4\x80' + os.urandom(198))
+    with pytest.raises(CheckpointError) as info:
+        find_resumable_checkpoint(str(work))
+    msg = str(info.value)
+    assert f'{pointer} is not a text file naming a checkpoint (200 bytes of binary ' \
+        'data)' in msg and 'holds no complete checkpoint' in msg and '\n' not in msg
+    p2 = _ckpt(work, 2, _net(4))
+    assert find_resumable_checkpoint(str(work)) == p2  # ignored, with a warning
+
+
+def test_resume_follows_last_checkpoint_only_inside_the_work_dir(tmp_path):
+    """A work dir copied with cp -a: its last_checkpoint names the source's file."""
+    import shutil
+    src = tmp_path / 'src'
+    src.mkdir()
+    m = _net(4)
+    p2 = _ckpt(src, 2, m)
+    (src / 'last_checkpoint').write_text(p2)
+    copy = tmp_path / 'copy'
+    shutil.copytree(src, copy)
+    _ckpt(src, 6, m)  # the source run goes on: its newer file must not be picked
+    (src / 'last_checkpoint').write_text(str(src / 'iter_6.pth'))
+    assert find_resumable_checkpoint(str(copy)) == str(copy / 'iter_2.pth')
+    # the pointer names a file outside the work dir with no copy inside: refused
+    (copy / 'last_checkpoint').write_text(str(src / 'iter_6.pth'))
+    os.remove(copy / 'iter_2.pth')
+    with pytest.raises(CheckpointError) as info:
+        find_resumable_checkpoint(str(copy))
+    msg = str(info.value)
+    assert f'names {src / "iter_6.pth"}, which is not inside the work dir {copy}' in msg
+    assert 'load_from=' in msg and '\n' not in msg

@@ -74,6 +74,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--allow-partial-load', action='store_true',
                    help='use a checkpoint whose keys or shapes do not all match the '
                    'config (default: stop with the first mismatches)')
+    p.add_argument('--trust-checkpoint', action='store_true',
+                   help='unpickle the checkpoint fully (can run code a file carries; only '
+                   'for files you trust). Default: the safe loader (tensors and plain '
+                   'data only)')
     p.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                    help='override config settings (mmengine syntax)')
     return p.parse_args(argv)
@@ -203,6 +207,8 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
                            tool='ablate_exit_policy')
     if args.allow_partial_load:
         cfg.load_strict = False
+    if args.trust_checkpoint:
+        cfg.trust_checkpoint = True
     rows = run_ablation(cfg, args.thresholds, args.policies, args.seed)
     title = f'{osp.basename(args.config)} ({osp.basename(args.checkpoint)})'
     paths = write_outputs(rows, out_dir, title)

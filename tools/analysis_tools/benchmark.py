@@ -107,6 +107,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--allow-partial-load', action='store_true',
                    help='time a checkpoint whose keys or shapes do not all match the '
                    'model (default: stop with the first mismatches)')
+    p.add_argument('--trust-checkpoint', action='store_true',
+                   help='unpickle the checkpoint fully (can run code a file carries; only '
+                   'for files you trust). Default: the safe loader (tensors and plain '
+                   'data only)')
     p.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                    help='override config settings (mmengine syntax)')
     return p.parse_args(argv)
@@ -340,19 +344,49 @@ def format_rows(rows: List[dict]) -> str:
     return '\n'.join(lines)
 
 
+def check_counts(args: argparse.Namespace) -> List[int]:
+    """Check the count options before anything is built.
+
+    Returns:
+        list[int]: the batch sizes to time.
+
+    Raises:
+        OptionError: a batch size, ``--num-crops``, ``--repeats``, ``--threads``
+            below 1, a negative ``--warmup``, or ``--num-crops`` that is not a
+            multiple of the largest batch size (named, with the fix).
+    """
+    from dtop.utils.errors import OptionError
+    for name, values, least, example in (
+            ('--batch-sizes', args.batch_sizes or [], 1, '--batch-sizes 1 8'),
+            ('--batch-size', [args.batch_size], 1, '--batch-size 8'),
+            ('--num-crops', [1 if args.num_crops is None else args.num_crops], 1,
+             '--num-crops 8'),
+            ('--repeats', [args.repeats], 1, '--repeats 3'),
+            ('--threads', [1 if args.threads is None else args.threads], 1, '--threads 4'),
+            ('--warmup', [args.warmup], 0, '--warmup 1')):
+        bad = [v for v in values if v < least]
+        if bad:
+            raise OptionError(f'{name} must be >= {least}, got {bad[0]}; e.g. {example}.')
+    batch_sizes = args.batch_sizes or sorted({1, args.batch_size})
+    if args.num_crops and args.num_crops % max(batch_sizes):
+        raise OptionError(f'--num-crops {args.num_crops} must be a multiple of the largest '
+                          f'batch size {max(batch_sizes)} (every repeat times whole '
+                          f'batches); e.g. --num-crops {max(batch_sizes)}.')
+    return batch_sizes
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     args = parse_args(argv)
+    batch_sizes = check_counts(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     from dtop.apis import init_model, load_config
     cfg = load_config(args.config, cfg_options=args.cfg_options)
     model = init_model(cfg, args.checkpoint, device=args.device,
-                       allow_partial_load=args.allow_partial_load)
-    batch_sizes = args.batch_sizes or sorted({1, args.batch_size})
+                       allow_partial_load=args.allow_partial_load,
+                       trust_checkpoint=args.trust_checkpoint or None)
     num_crops = args.num_crops or max(batch_sizes)
-    if num_crops % max(batch_sizes):
-        raise SystemExit('--num-crops must be a multiple of the batch sizes')
     if args.attention_backend:
         model.backbone.attention_backend = args.attention_backend
     crops = real_crops(cfg, model, num_crops, args.device)

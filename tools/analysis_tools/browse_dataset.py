@@ -28,7 +28,7 @@ if ROOT not in sys.path:
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    from mmengine.config import DictAction
+    from dtop.utils.config import CfgOptionsAction
     parser = argparse.ArgumentParser(
         description='Save samples of a dataset split after the pipeline, with their labels '
         'drawn.', epilog=__doc__.split('Examples::', 1)[1],
@@ -44,7 +44,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='opacity of the label colours, in [0, 1] (default 0.5)')
     parser.add_argument('--show', action='store_true',
                         help='also open each picture in a window (needs a display)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction, metavar='KEY=VALUE',
                         help='override config settings (mmengine syntax)')
     args = parser.parse_args(argv)
     if args.num is not None and args.num < 1:

@@ -36,7 +36,7 @@ if ROOT not in sys.path:
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    from mmengine.config import DictAction
+    from dtop.utils.config import CfgOptionsAction
     parser = argparse.ArgumentParser(
         description='Confusion matrix (PNG + normalised matrix files) of a model on the '
         'test or val split.', epilog=__doc__.split('Examples::', 1)[1],
@@ -53,9 +53,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         '(the files keep all classes)')
     parser.add_argument('--device', default=None,
                         help='cpu or cuda (default: cuda when available)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction, metavar='KEY=VALUE',
                         help='override config settings (mmengine syntax), e.g. '
                         'model.prune_threshold=0.9')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='unpickle the checkpoint fully (can run code a file carries; only '
+                        'for files you trust). Default: the safe loader (tensors and plain '
+                        'data only)')
     args = parser.parse_args(argv)
     if args.num_images is not None and args.num_images < 1:
         parser.error(f'--num-images must be >= 1, got {args.num_images}')
@@ -139,11 +143,13 @@ def plot(norm: np.ndarray, classes: Sequence[str], path: str, title: str,
     return idx
 
 
-def build(cfg_path: str, checkpoint: str, cfg_options: Optional[dict], device: str):
-    """Config and model (checkpoint loaded strictly, eval mode) for inference,
-    through :func:`dtop.apis.init_model`."""
+def build(cfg_path: str, checkpoint: str, cfg_options: Optional[dict], device: str,
+          trust_checkpoint: bool = False):
+    """Config and model (checkpoint loaded strictly and safely, eval mode) for
+    inference, through :func:`dtop.apis.init_model`."""
     from dtop.apis import init_model
-    model = init_model(cfg_path, checkpoint, device=device, cfg_options=cfg_options)
+    model = init_model(cfg_path, checkpoint, device=device, cfg_options=cfg_options,
+                       trust_checkpoint=trust_checkpoint or None)
     return model.cfg, model
 
 
@@ -155,7 +161,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     from dtop.utils.errors import DataError
     args = parse_args(argv)
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    cfg, model = build(args.config, args.checkpoint, args.cfg_options, device)
+    cfg, model = build(args.config, args.checkpoint, args.cfg_options, device,
+                       args.trust_checkpoint)
     loader_cfg = cfg.get(f'{args.split}_dataloader')
     if not loader_cfg:
         raise DataError(f'{args.config} has no {args.split}_dataloader; use --split '

@@ -47,21 +47,42 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def load_model_cfg(config: str, cfg_options: Optional[List[str]] = None):
     """Load a config, register modules and return it (pruning disabled, no init)."""
-    from mmengine.config import Config, DictAction
+    from mmengine.config import Config
     from mmengine.registry import init_default_scope
 
     import dtop  # noqa: F401  (registers the modules)
+    from dtop.utils.config import parse_cfg_options
+    options = parse_cfg_options(cfg_options)  # names an item without '='
+    if not osp.isfile(config):
+        raise FileNotFoundError(f'config file not found: {config}')
     cfg = Config.fromfile(config)
-    if cfg_options:
-        parser = argparse.ArgumentParser()
-        parser.add_argument('--o', nargs='+', action=DictAction)
-        cfg.merge_from_dict(parser.parse_args(['--o', *cfg_options]).o)
+    if options:
+        cfg.merge_from_dict(options)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     cfg.model.pop('pretrained', None)
     cfg.model.pop('init_cfg', None)
     if cfg.model.get('backbone', {}).get('init_cfg') is not None:
         cfg.model.backbone.init_cfg = None
     return cfg
+
+
+def check_shape(shape: Optional[List[int]], patch_size=16) -> Optional[tuple]:
+    """``--shape H [W]`` as ``(H, W)``; :class:`OptionError` naming a bad value.
+
+    Each side must hold at least one patch (a smaller crop fails in the patch
+    embedding's convolution).
+    """
+    from dtop.utils.errors import OptionError
+    if shape is None:
+        return None
+    if len(shape) not in (1, 2):
+        raise OptionError(f'--shape takes H or H W, got {len(shape)} values; e.g. '
+                          '--shape 512 512.')
+    least = max(patch_size) if isinstance(patch_size, (list, tuple)) else int(patch_size)
+    if min(shape) < least:
+        raise OptionError(f'--shape {" ".join(map(str, shape))}: each side must be at least '
+                          f'the patch size {least} px; e.g. --shape 512 512.')
+    return shape[0], shape[-1]
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
@@ -72,12 +93,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
 
     from dtop.evaluation.flops import (DToPCostDims, count_flops_library,
                                        dense_flops)
-    if args.shape is None:
-        shape = None
-    elif len(args.shape) in (1, 2):
-        shape = (args.shape[0], args.shape[-1])
-    else:
-        raise SystemExit('--shape takes H or H W')
+    shape = check_shape(args.shape, (cfg.model.get('backbone') or {}).get('patch_size', 16))
     if args.analytic:
         dims = DToPCostDims.from_config(cfg.model)
         lib = None
@@ -194,4 +210,5 @@ def compare_mmseg(cfg, dims, shape, lib, args) -> Optional[dict]:
 
 
 if __name__ == '__main__':
-    main()
+    from dtop.utils.errors import run_cli
+    run_cli(main)

@@ -59,6 +59,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--allow-partial-load', action='store_true',
                    help='use a checkpoint whose keys or shapes do not all match the '
                    'config (default: stop with the first mismatches)')
+    p.add_argument('--trust-checkpoint', action='store_true',
+                   help='unpickle the checkpoint fully (can run code a file carries; only '
+                   'for files you trust). Default: the safe loader (tensors and plain '
+                   'data only)')
     p.add_argument('--work-dir', default=None,
                    help='output folder (default: work_dirs/sweep_<config name>)')
     p.add_argument('--num-images', type=int, default=None,
@@ -198,6 +202,8 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, float]]:
     cfg = prepare_cfg(cfg, args.checkpoint, work_dir, args.num_images)
     if args.allow_partial_load:
         cfg.load_strict = False
+    if args.trust_checkpoint:
+        cfg.trust_checkpoint = True
     rows = run_sweep(cfg, args.thresholds, args.repeats, args.max_spread)
     paths = write_outputs(rows, work_dir, title=f'{osp.basename(args.config)} '
                           f'({osp.basename(args.checkpoint)})')

@@ -1,11 +1,14 @@
 """Pre-flight check of a dataset split: decode every image and annotation.
 
 Reports, with counts and the first file names of each kind: unreadable images or
-annotations (missing, empty, not an image), annotations whose size differs from
-their image, annotations that are not single-channel label maps (e.g. RGBA),
-label values outside ``[0, num_classes) ∪ {ignore_index}`` (after the dataset's
-label mapping, e.g. ``reduce_zero_label``), images smaller than 2 px, and an
-empty data root. Exit status 1 when anything is wrong, 0 otherwise.
+annotations (missing, empty, not an image), entries of the image folder that are
+not readable files (a dangling symlink: the dataset would skip the sample without
+a word), annotations whose size differs from their image, annotations that are not
+single-channel label maps (e.g. RGBA), label values outside
+``[0, num_classes) ∪ {ignore_index}`` (after the dataset's label mapping, e.g.
+``reduce_zero_label``), images smaller than 2 px, a split without any labelled
+pixel (aAcc / mIoU would be nan), and an empty data root. Exit status 1 when
+anything is wrong, 0 otherwise.
 
 Examples::
 
@@ -28,7 +31,7 @@ SPLITS = ('train', 'val', 'test')
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    from mmengine.config import DictAction
+    from dtop.utils.config import CfgOptionsAction
     p = argparse.ArgumentParser(description='Decode every sample of a dataset split and '
                                 'report bad files (exit 1 on problems)')
     p.add_argument('config', help='config file')
@@ -36,7 +39,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help='which dataloader\'s dataset to check (default: test)')
     p.add_argument('--show', type=int, default=5,
                    help='file names shown per kind of problem (default 5)')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction,
+    p.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction,
                    help='override config settings, e.g. '
                    'test_dataloader.dataset.data_root=PATH')
     return p.parse_args(argv)
@@ -57,7 +60,8 @@ def build_dataset(cfg, split: str):
     ds_cfg['pipeline'] = []
     ds_cfg.pop('indices', None)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
-    return build_checked_dataset(ds_cfg, split), pipeline
+    # skipped entries are reported by check_split, not warned about here
+    return build_checked_dataset(ds_cfg, split, warn_skipped=False), pipeline
 
 
 def check_split(cfg, split: str, progress: bool = True) -> Dict:
@@ -78,7 +82,8 @@ def check_split(cfg, split: str, progress: bool = True) -> Dict:
     from mmengine.utils import ProgressBar
 
     from dtop.datasets.checks import (build_load_transforms, check_not_empty, check_sample,
-                                      describe_dataset_source, iter_base_datasets)
+                                      describe_dataset_source, iter_base_datasets,
+                                      no_labelled_pixels_message, skipped_image_entries)
     dataset, pipeline = build_dataset(cfg, split)
     check_not_empty(dataset, split)
     inner = next(iter(iter_base_datasets(dataset)), dataset)
@@ -86,16 +91,27 @@ def check_split(cfg, split: str, progress: bool = True) -> Dict:
     ignore_index = getattr(inner, 'ignore_index', 255)
     loaders = build_load_transforms(pipeline)
     problems: Dict[str, List[str]] = OrderedDict()
+    skipped = skipped_image_entries(dataset)  # dangling symlinks: not in the split
+    if skipped:
+        problems['not a readable file'] = skipped
     n = len(dataset)
+    stats: Dict[str, int] = {}
+    reduce_zero_label = False
     bar = ProgressBar(n) if progress else None
     for i in range(n):
         info = dataset.get_data_info(i)
-        for kind, msg in check_sample(info, len(classes), ignore_index, loaders).items():
+        reduce_zero_label |= bool(info.get('reduce_zero_label'))
+        for kind, msg in check_sample(info, len(classes), ignore_index, loaders,
+                                      stats).items():
             problems.setdefault(kind, []).append(msg)
         if bar is not None:
             bar.update()
     if bar is not None:
         print()
+    unlabelled = no_labelled_pixels_message(stats, split, len(classes), ignore_index,
+                                            reduce_zero_label)
+    if unlabelled:
+        problems['no labelled pixels'] = [unlabelled]
     return dict(num_samples=n, problems=problems, source=describe_dataset_source(inner),
                 num_classes=len(classes), ignore_index=ignore_index)
 
@@ -111,7 +127,8 @@ def format_report(report: Dict, split: str, show: int = 5) -> str:
     bad = sum(len(v) for v in report['problems'].values())
     lines.append(f'PROBLEMS: {bad} in {len(report["problems"])} kind(s):')
     for kind, msgs in report['problems'].items():
-        lines.append(f'  {kind}: {len(msgs)} sample(s)')
+        lines.append(f'  {kind}: ' + ('the whole split' if kind == 'no labelled pixels'
+                                     else f'{len(msgs)} sample(s)'))
         lines += [f'    {m}' for m in msgs[:show]]
         if len(msgs) > show:
             lines.append(f'    ... {len(msgs) - show} more (--show N lists more)')
@@ -137,4 +154,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    from dtop.utils.errors import run_cli
+    sys.exit(run_cli(main))

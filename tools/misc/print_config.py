@@ -24,7 +24,7 @@ if ROOT not in sys.path:
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    from mmengine.config import DictAction
+    from dtop.utils.config import CfgOptionsAction
     parser = argparse.ArgumentParser(
         description='Print the resolved config (all _base_ files merged, --cfg-options '
         'applied).', epilog=__doc__.split('Examples::', 1)[1],
@@ -36,7 +36,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='py: the config as Python (default); json: as JSON')
     parser.add_argument('--out', help='also write the whole resolved config to this file '
                         '(.py, .json or .yaml)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction, metavar='KEY=VALUE',
                         help='override settings, mmengine syntax: key=value, '
                         'a.b.c=value, list values as key="[a,b]"')
     return parser.parse_args(argv)
@@ -98,4 +98,5 @@ def main(argv: Optional[List[str]] = None) -> str:
 
 
 if __name__ == '__main__':
-    main()
+    from dtop.utils.errors import run_cli
+    run_cli(main)

@@ -6,6 +6,11 @@ and palette, iteration), writes the result and renames it to
 ``<out stem>-<first 8 hex digits of its sha256>.pth``, the OpenMMLab model-zoo
 convention (the hash lets users verify a download).
 
+The input is read by the safe loader (nothing its pickle carries runs; NaN/Inf
+weights are refused) and the output holds plain data only (objects the loader did
+not rebuild are dropped and listed), so it loads with
+``torch.load(weights_only=True)``.
+
 Examples::
 
     python tools/misc/publish_model.py work_dirs/dtop_b16_ade/iter_40000.pth \\
@@ -39,6 +44,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--config', help='check that the weights load exactly (no missing '
                         'or unexpected key, no shape mismatch) into the model of this '
                         'config before publishing')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='unpickle the checkpoint fully (can run code a file carries; only '
+                        'for files you trust). Default: the safe loader (tensors and plain '
+                        'data only)')
     return parser.parse_args(argv)
 
 
@@ -67,13 +76,15 @@ def strip_training_state(ckpt: dict) -> dict:
 def main(argv: Optional[List[str]] = None) -> str:
     import torch
 
-    from dtop.utils.checkpoint import (allow_full_checkpoint_unpickling,
-                                       read_checkpoint)
+    from dtop.utils.checkpoint import read_checkpoint, to_plain_checkpoint
+    from dtop.utils.safe_pickle import strip_untrusted
     args = parse_args(argv)
-    allow_full_checkpoint_unpickling()
-    ckpt = read_checkpoint(args.in_file)
+    # safe loading (nothing the file carries runs), NaN/Inf weights refused
+    ckpt = read_checkpoint(args.in_file, trust=args.trust_checkpoint or None)
     dropped = sorted(k for k in ckpt if k not in KEEP) if 'state_dict' in ckpt else []
-    out = strip_training_state(ckpt)
+    out, untrusted = strip_untrusted(to_plain_checkpoint(strip_training_state(ckpt)))
+    if untrusted:
+        print(f'dropped objects the safe loader does not rebuild: {", ".join(untrusted)}')
     if args.config:
         check_fits(out, args.config, args.in_file)
     stem = args.out_file[:-4] if args.out_file.endswith('.pth') else args.out_file

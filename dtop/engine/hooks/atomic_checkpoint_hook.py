@@ -17,10 +17,16 @@ A kill at any point leaves the previous checkpoint (or the new one) complete and
 removed at the next ``before_train``. Non-local storage backends fall back to
 mmengine's behaviour.
 
+A save that fails (disk full: ``OSError: [Errno 28]``) removes its ``.partial``
+and stops with one line naming the free space and the intact previous checkpoint.
+A model whose weights hold NaN/Inf is not saved at all (one line naming the first
+such tensors; :func:`~dtop.engine.hooks.nonfinite_guard_hook.check_finite_before_save`).
+
 ``DToPRunner`` uses this hook wherever a config asks for ``CheckpointHook``.
 """
 import os
 import os.path as osp
+import shutil
 from typing import List, Optional
 
 from mmengine.dist import is_main_process
@@ -29,7 +35,34 @@ from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
 from mmseg.registry import HOOKS
 
+from dtop.utils.errors import CheckpointError
+
 PARTIAL_SUFFIX = '.partial'
+
+
+def _mib(num_bytes: float) -> str:
+    return f'{num_bytes / 2**20:.1f} MiB' if num_bytes < 2**30 else \
+        f'{num_bytes / 2**30:.2f} GiB'
+
+
+def save_failure_message(final: str, partial: str, removed: bool, exc: OSError,
+                         previous: Optional[str]) -> str:
+    """One line: what failed, the free space, the partial file, the intact checkpoint."""
+    folder = osp.dirname(osp.abspath(final))
+    try:
+        free = f'{_mib(shutil.disk_usage(folder).free)} free on the disk of {folder}'
+    except OSError:
+        free = f'free space of {folder} unknown'
+    need = f', the previous checkpoint took {_mib(osp.getsize(previous))}' \
+        if previous and osp.isfile(previous) else ''
+    reason = f'[Errno {exc.errno}] {exc.strerror}' if exc.errno else str(exc)
+    left = (f'removed the incomplete {partial}' if removed else
+            f'could not remove the incomplete {partial}; delete it')
+    keep = (f'the previous checkpoint {previous} is intact: free space, then run again '
+            'with --resume' if previous else
+            'no earlier checkpoint of this run exists: free space and run again')
+    return (f'could not save checkpoint {final}: {reason} ({free}{need}); {left}; '
+            f'{keep}.')
 
 
 def _fsync_dir(path: str) -> None:
@@ -114,19 +147,32 @@ class AtomicCheckpointHook(CheckpointHook):
         final = self.file_backend.join_path(self.out_dir, ckpt_filename)
         partial_name = f'.{ckpt_filename}{PARTIAL_SUFFIX}'
         partial = self.file_backend.join_path(self.out_dir, partial_name)
+        from .nonfinite_guard_hook import check_finite_before_save, last_good_checkpoint
+        check_finite_before_save(runner.model, final, runner.work_dir)  # NaN: no save
+        previous = last_good_checkpoint(runner.work_dir)
         self.last_ckpt = final
         runner.message_hub.update_info('last_ckpt', final)
 
-        runner.save_checkpoint(  # master_only: the other ranks return at once
-            self.out_dir,
-            partial_name,
-            self.file_client_args,
-            save_optimizer=self.save_optimizer,
-            save_param_scheduler=self.save_param_scheduler,
-            meta=meta,
-            by_epoch=self.by_epoch,
-            backend_args=self.backend_args,
-            **self.args)
+        try:
+            runner.save_checkpoint(  # master_only: the other ranks return at once
+                self.out_dir,
+                partial_name,
+                self.file_client_args,
+                save_optimizer=self.save_optimizer,
+                save_param_scheduler=self.save_param_scheduler,
+                meta=meta,
+                by_epoch=self.by_epoch,
+                backend_args=self.backend_args,
+                **self.args)
+        except OSError as exc:  # disk full, quota, permissions: nothing half-written stays
+            removed = True
+            try:
+                if osp.isfile(partial):
+                    os.remove(partial)
+            except OSError:
+                removed = False
+            raise CheckpointError(save_failure_message(final, partial, removed, exc,
+                                                       previous)) from exc
         if not is_main_process():
             return
         if not osp.isfile(partial):  # e.g. a DeepSpeed directory: keep mmengine's way

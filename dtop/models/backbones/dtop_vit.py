@@ -77,9 +77,11 @@ class DToPVisionTransformer(VisionTransformer):
             return super().init_weights()
         from mmengine.runner.checkpoint import CheckpointLoader
 
-        from dtop.utils.checkpoint import summarize_partial_load
+        from dtop.utils.checkpoint import check_finite_weights, summarize_partial_load
+        # the safe loader (registered by dtop.utils.checkpoint): nothing in the file runs
         ckpt = CheckpointLoader.load_checkpoint(cfg['checkpoint'], logger=None,
                                                 map_location='cpu')
+        check_finite_weights(ckpt, cfg['checkpoint'])  # NaN/Inf ImageNet weights: refused
         state_dict = dict(ckpt.get('state_dict', ckpt))
         pos = state_dict.get('pos_embed')
         if pos is not None and pos.shape != self.pos_embed.shape:

@@ -194,6 +194,28 @@ class DToPEncoderDecoder(BaseSegmentor):
         """Whether any stage can prune."""
         return self.exit_policy.prunes
 
+    def unused_parameters_in_training(self) -> List[str]:
+        """Names of trainable parameters that no training step uses (for DDP's
+        ``find_unused_parameters``, :func:`dtop.utils.launch.ddp_wrapper_cfg`).
+
+        A training step runs every stage's layers and every head (``loss`` sums
+        all heads' losses), and a stage whose tokens have all exited still keeps
+        its layers in the autograd graph (empty tensors, zero gradients), so the
+        parameters used are those of the embedding, the layers of the stages, the
+        final norm and the stage heads. Anything else the model holds (backbone
+        layers past the last stage, extra modules) is reported.
+        """
+        bb = self.backbone
+        used = [bb.patch_embed, *bb.layers[:bb.stage_ranges[-1][1]], *self.stage_heads]
+        for name in ('pre_ln', 'ln1'):
+            if getattr(bb, name, None) is not None:
+                used.append(getattr(bb, name))
+        used_ids = {id(p) for m in used for p in m.parameters()}
+        used_ids |= {id(p) for p in (getattr(bb, 'cls_token', None),
+                                     getattr(bb, 'pos_embed', None)) if p is not None}
+        return [n for n, p in self.named_parameters()
+                if p.requires_grad and id(p) not in used_ids]
+
     # ------------------------------------------------------------------ core
     def run_stages(self, inputs: Tensor, with_features: bool = False,
                    all_heads: bool = False) -> StageOutputs:
