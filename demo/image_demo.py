@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dtop.apis import inference_model  # noqa: E402
+from dtop.utils.cli import add_partial_load_arg, add_trust_checkpoint_arg  # noqa: E402
 from dtop.utils.errors import DataError, DToPUserError, OptionError, run_cli  # noqa: E402
 
 #: the shorter side of the rendered panels is at least this (small images are
@@ -99,15 +100,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--opacity', type=_opacity, default=0.6,
                         help='opacity of the segmentation colours, in [0, 1]')
     parser.add_argument('--out-json', default=None, help='also write the numbers here')
-    parser.add_argument('--allow-partial-load', action='store_true',
-                        help='use a checkpoint whose keys or shapes do not all match the '
-                        'config (default: stop with the first mismatches)')
+    add_partial_load_arg(parser)
     parser.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default=None,
                         help='inference precision (autocast; default: the config\'s, fp32)')
-    parser.add_argument('--trust-checkpoint', action='store_true',
-                        help='unpickle the checkpoint fully (can run code a file carries; only '
-                        'for files you trust). Default: the safe loader (tensors and plain '
-                        'data only)')
+    add_trust_checkpoint_arg(parser)
     return parser.parse_args(argv)
 
 

@@ -86,3 +86,31 @@ def test_the_venv_holds_the_pinned_versions():
         except importlib.metadata.PackageNotFoundError:
             pytest.fail(f'{name} is not installed')
         assert got.split('+')[0] == want, (name, got, want)
+
+
+def _tracked_text_files():
+    import subprocess
+    out = subprocess.run(['git', 'ls-files', '-z'], cwd=ROOT, capture_output=True,
+                         check=True).stdout.decode()
+    for name in filter(None, out.split('\0')):
+        path = ROOT / name
+        if path.suffix in ('.py', '.sh', '.md', '.txt', '.yaml', '.yml', '.cfg', '.ini') \
+                and path.is_file():
+            yield name, path.read_text(errors='replace')
+
+
+def test_repo_is_self_contained():
+    """Nothing in the repository points at files a user who clones it does not have
+    (the team's specification, notes or tracker)."""
+    outside = re.compile('|'.join([r'spec\s' + '\u00a7', r'\.\./' + 'shared',
+                                   'paper' + '-results', 'development ' + 'workspace',
+                                   r'\bissue[ -]?#?\d+']), re.IGNORECASE)
+    hits = [f'{name}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)}'
+            for name, text in _tracked_text_files() for m in outside.finditer(text)]
+    assert not hits, hits[:10]
+
+
+def test_no_python_file_in_the_package_exceeds_400_lines():
+    sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines())
+             for p in (ROOT / 'dtop').rglob('*.py')}
+    assert max(sizes.values()) <= 400, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]

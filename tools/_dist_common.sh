@@ -1,7 +1,8 @@
 # Shared by tools/dist_train.sh, tools/dist_train_load.sh and tools/dist_test.sh
 # (sourced, not executed). Sets ROOT, PY and the torchrun settings, and defines
 # `run_torchrun SCRIPT ARGS...`; tools/slurm_train.sh and tools/slurm_test.sh use
-# `run_srun PARTITION JOB_NAME SCRIPT ARGS...` (see there for their knobs).
+# `run_srun PARTITION JOB_NAME SCRIPT ARGS...` (see there for their knobs). All five
+# read their arguments with `read_args`.
 #
 # Environment knobs:
 #   GPUS         processes per node (default: visible CUDA GPUs, or 1 without CUDA)
@@ -39,6 +40,27 @@ pick_python() {
   else
     die "no Python found: run 'bash tools/setup_env.sh' or set PYTHON=/path/to/python"
   fi
+}
+
+# read_args TOOL NAME... -- "$@": the launcher's first arguments into the variables
+# NAME... (e.g. CONFIG WORK_DIR), dying with the usage line ("... NAME...
+# [TOOL options...]") when fewer are given; CONFIG must be a file. The launcher
+# then drops them (`shift <number of NAMEs>`) and passes the rest to TOOL.
+read_args() {
+  local tool="$1" names=() name i=1
+  shift
+  while [[ "$1" != "--" ]]; do
+    names+=("$1")
+    shift
+  done
+  shift
+  (( $# >= ${#names[@]} )) || die "usage: bash tools/$(basename "$0") ${names[*]}" \
+    "[$tool options...]"
+  for name in "${names[@]}"; do
+    printf -v "$name" '%s' "${!i}"
+    i=$((i + 1))
+  done
+  [[ -f "$CONFIG" ]] || die "config file not found: $CONFIG"
 }
 
 # A local checkpoint must exist; URLs are passed through.

@@ -10,11 +10,8 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_dist_common.sh"
 
-(( $# >= 2 )) || die "usage: bash tools/dist_test.sh CONFIG CHECKPOINT [test.py options...]"
-CONFIG="$1"
-CHECKPOINT="$2"
+read_args test.py CONFIG CHECKPOINT -- "$@"
 shift 2
-[[ -f "$CONFIG" ]] || die "config file not found: $CONFIG"
 check_checkpoint "$CHECKPOINT"
 
 run_torchrun "$ROOT/tools/test.py" "$CONFIG" "$CHECKPOINT" "$@"

@@ -10,10 +10,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_dist_common.sh"
 
-(( $# >= 2 )) || die "usage: bash tools/dist_train.sh CONFIG WORK_DIR [train.py options...]"
-CONFIG="$1"
-WORK_DIR="$2"
+read_args train.py CONFIG WORK_DIR -- "$@"
 shift 2
-[[ -f "$CONFIG" ]] || die "config file not found: $CONFIG"
 
 run_torchrun "$ROOT/tools/train.py" "$CONFIG" --work-dir "$WORK_DIR" "$@"

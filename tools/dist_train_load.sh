@@ -13,12 +13,8 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_dist_common.sh"
 
-(( $# >= 3 )) || die "usage: bash tools/dist_train_load.sh CONFIG WORK_DIR BASE_CKPT [train.py options...]"
-CONFIG="$1"
-WORK_DIR="$2"
-BASE_CKPT="$3"
+read_args train.py CONFIG WORK_DIR BASE_CKPT -- "$@"
 shift 3
-[[ -f "$CONFIG" ]] || die "config file not found: $CONFIG"
 check_checkpoint "$BASE_CKPT"
 
 run_torchrun "$ROOT/tools/train.py" "$CONFIG" --work-dir "$WORK_DIR" \

@@ -12,14 +12,8 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_dist_common.sh"
 
-(( $# >= 4 )) || die "usage: bash tools/slurm_test.sh PARTITION JOB_NAME CONFIG CHECKPOINT" \
-  "[test.py options...]"
-PARTITION="$1"
-JOB_NAME="$2"
-CONFIG="$3"
-CHECKPOINT="$4"
+read_args test.py PARTITION JOB_NAME CONFIG CHECKPOINT -- "$@"
 shift 4
-[[ -f "$CONFIG" ]] || die "config file not found: $CONFIG"
 check_checkpoint "$CHECKPOINT"
 
 GPUS="${GPUS:-4}" GPUS_PER_NODE="${GPUS_PER_NODE:-4}" \

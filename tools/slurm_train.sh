@@ -14,13 +14,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_dist_common.sh"
 
-(( $# >= 4 )) || die "usage: bash tools/slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR" \
-  "[train.py options...]"
-PARTITION="$1"
-JOB_NAME="$2"
-CONFIG="$3"
-WORK_DIR="$4"
+read_args train.py PARTITION JOB_NAME CONFIG WORK_DIR -- "$@"
 shift 4
-[[ -f "$CONFIG" ]] || die "config file not found: $CONFIG"
 
 run_srun "$PARTITION" "$JOB_NAME" "$ROOT/tools/train.py" "$CONFIG" --work-dir "$WORK_DIR" "$@"

@@ -10,7 +10,6 @@ The metrics (mIoU, ...) are printed by the Runner at the end. ``--out`` saves th
 predicted label maps as PNG files; ``--show-dir`` saves painted predictions.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
@@ -21,9 +20,9 @@ if _ROOT not in sys.path:
 from mmengine.config import Config  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 
-from dtop.apis import default_work_dir, load_config  # noqa: E402
+from dtop.apis import load_config  # noqa: E402
 from dtop.engine import DToPRunner  # noqa: E402
-from dtop.utils.config import CfgOptionsAction, check_work_dir  # noqa: E402
+from dtop.utils import cli  # noqa: E402  (the options shared by the tools)
 from dtop.utils.errors import run_cli  # noqa: E402
 from dtop.utils.launch import (LAUNCHERS, die_with_parent,  # noqa: E402
                                launched_by_torchrun, prepare_distributed)
@@ -52,12 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         help='with --show/--show-dir: paint every N-th test image (default: every one)')
     parser.add_argument(
         '--wait-time', type=float, default=2, help='the interval of show (s)')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=CfgOptionsAction,
-        help='override settings of the config, key=value pairs such as '
-        'model.prune_threshold=0.9')
+    cli.add_cfg_options_arg(parser, 'override settings of the config, key=value pairs '
+                            'such as model.prune_threshold=0.9', metavar=None)
     parser.add_argument(
         '--launcher', choices=LAUNCHERS, default='none', help='job launcher')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation')
@@ -65,22 +60,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         '--precision', choices=['fp32', 'bf16', 'fp16'], default=None,
         help='inference precision (autocast; CPU: bf16, CUDA: bf16/fp16). The pruning '
         'decision stays fp32. Default: the config\'s model.test_cfg.precision (fp32)')
-    parser.add_argument(
-        '--allow-partial-load',
-        action='store_true',
-        help='evaluate even if the checkpoint\'s keys or shapes do not all match the '
-        'model (default: stop with the first mismatches)')
-    parser.add_argument(
-        '--trust-checkpoint',
-        action='store_true',
-        help='unpickle checkpoints fully (can run code a file carries; only for files '
-        'you trust). Default: the safe loader, which rebuilds tensors and plain data '
-        'only (docs/robustness.md)')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    cli.add_partial_load_arg(parser, 'evaluate even if the checkpoint\'s keys or shapes do '
+                             'not all match the model (default: stop with the first '
+                             'mismatches)')
+    cli.add_trust_checkpoint_arg(parser, cli.RUNNER_TRUST_CHECKPOINT_HELP)
+    return cli.parse_launcher_args(parser, argv)
 
 
 def trigger_visualization_hook(cfg: Config, args: argparse.Namespace) -> Config:
@@ -114,19 +98,9 @@ def build_config(args: argparse.Namespace) -> Config:
     """
     cfg = load_config(args.config, args.cfg_options, checkpoint=args.checkpoint,
                       precision=args.precision)
-    cfg.launcher = args.launcher
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = default_work_dir(args.config)
-    check_work_dir(cfg.work_dir)  # a file there: one line, not FileExistsError
-
+    cli.apply_runner_args(cfg, args)  # launcher, work dir, checkpoint loading
     cfg.load_from = args.checkpoint
     cfg.resume = False
-    if args.allow_partial_load:
-        cfg.load_strict = False
-    if args.trust_checkpoint:
-        cfg.trust_checkpoint = True  # DToPRunner: full unpickling, announced per file
 
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)

@@ -14,7 +14,6 @@ Examples::
 ``load_from`` if the config sets it), restoring optimizer, scheduler and iteration.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
@@ -30,9 +29,9 @@ from mmengine.logging import print_log  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from dtop.apis import default_work_dir, load_config, validate_model_options  # noqa: E402
+from dtop.apis import load_config, validate_model_options  # noqa: E402
 from dtop.engine import DToPRunner  # noqa: E402
-from dtop.utils.config import CfgOptionsAction, check_work_dir  # noqa: E402
+from dtop.utils import cli  # noqa: E402  (the options shared by the tools)
 from dtop.utils.errors import run_cli  # noqa: E402
 from dtop.utils.launch import (LAUNCHERS, WorkDirLock, die_with_parent,  # noqa: E402
                                global_rank, launched_by_torchrun, prepare_distributed)
@@ -53,32 +52,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         action='store_true',
         default=False,
         help='enable automatic-mixed-precision training (CUDA only)')
-    parser.add_argument(
-        '--allow-partial-load',
-        action='store_true',
-        default=False,
-        help='let load_from / --resume load a checkpoint whose keys or shapes do not '
-        'all match the model (default: stop with the first mismatches)')
-    parser.add_argument(
-        '--trust-checkpoint',
-        action='store_true',
-        help='unpickle checkpoints fully (can run code a file carries; only for files '
-        'you trust). Default: the safe loader, which rebuilds tensors and plain data '
-        'only (docs/robustness.md)')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=CfgOptionsAction,
-        help='override settings of the config, key=value pairs such as '
-        'train_cfg.max_iters=40000 or load_from=work_dirs/base/iter_160000.pth')
+    cli.add_partial_load_arg(parser, 'let load_from / --resume load a checkpoint whose keys '
+                             'or shapes do not all match the model (default: stop with the '
+                             'first mismatches)')
+    cli.add_trust_checkpoint_arg(parser, cli.RUNNER_TRUST_CHECKPOINT_HELP)
+    cli.add_cfg_options_arg(parser, 'override settings of the config, key=value pairs '
+                            'such as train_cfg.max_iters=40000 or '
+                            'load_from=work_dirs/base/iter_160000.pth', metavar=None)
     parser.add_argument(
         '--launcher', choices=LAUNCHERS, default='none', help='job launcher')
-    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    return cli.parse_launcher_args(parser, argv)
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -96,14 +79,9 @@ def build_config(args: argparse.Namespace) -> Config:
         RuntimeError: ``--amp`` without a CUDA device.
     """
     cfg = load_config(args.config, args.cfg_options)  # also checks the pruning options
-    cfg.launcher = args.launcher
-
-    # work_dir priority: CLI > config > ./work_dirs/<config name>
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = default_work_dir(args.config)
-    check_work_dir(cfg.work_dir)  # a file there: one line, not FileExistsError
+    # launcher; work_dir priority: CLI > config > ./work_dirs/<config name>; checkpoint
+    # loading (--allow-partial-load, --trust-checkpoint)
+    cli.apply_runner_args(cfg, args)
 
     if args.amp:
         if not torch.cuda.is_available():
@@ -120,10 +98,6 @@ def build_config(args: argparse.Namespace) -> Config:
             cfg.optim_wrapper.loss_scale = 'dynamic'
 
     cfg.resume = args.resume
-    if args.allow_partial_load:
-        cfg.load_strict = False
-    if args.trust_checkpoint:
-        cfg.trust_checkpoint = True  # DToPRunner: full unpickling, announced per file
 
     load_from = cfg.get('load_from')
     if load_from and '://' not in str(load_from) and not osp.isfile(load_from):

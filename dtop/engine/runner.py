@@ -44,10 +44,11 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
-from dtop.datasets.checks import (build_checked_dataset, check_not_empty,
-                                  install_sample_checks)
-from dtop.utils.checkpoint import (DEFAULT_REVISE_KEYS, _unwrap, check_checkpoint_fits,
-                                   find_resumable_checkpoint, read_checkpoint)
+from dtop.datasets.checked_pipeline import install_sample_checks
+from dtop.datasets.dataset_checks import build_checked_dataset, check_not_empty
+from dtop.utils.checkpoint_fit import DEFAULT_REVISE_KEYS, _unwrap, check_checkpoint_fits
+from dtop.utils.checkpoint_read import read_checkpoint
+from dtop.utils.checkpoint_resume import find_resumable_checkpoint
 
 _PLAIN_CHECKPOINT_HOOKS = ('CheckpointHook', 'mmengine.CheckpointHook')
 _TRUST_SOURCE = 'trust_checkpoint = True (--trust-checkpoint)'

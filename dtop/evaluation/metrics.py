@@ -276,7 +276,7 @@ class IoUFlopsMetric(IoUMetric):
             DataError: naming the image / annotation, the offending values or
                 sizes, and the fix.
         """
-        from dtop.datasets.checks import out_of_range_labels
+        from dtop.datasets.sample_checks import out_of_range_labels
         from dtop.utils.errors import DataError
         gt = ds.get('gt_sem_seg')
         if gt is None:

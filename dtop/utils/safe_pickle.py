@@ -21,247 +21,25 @@ The module has the interface ``torch.load`` expects of ``pickle_module``
 (``Unpickler``, ``load``, ``loads``; ``torch.load`` subclasses ``Unpickler`` to
 read tensor storages). :func:`untrusted_globals` lists what a loaded object
 holds placeholders for.
+
+The allow-list and its wrappers live in :mod:`dtop.utils.safe_pickle_trusted`,
+the placeholders in :mod:`dtop.utils.safe_pickle_untrusted`; their public names
+are importable from here.
 """
 import io
 import pickle
 from collections import Counter, OrderedDict
-from typing import Any, Dict, List, Tuple
+
+from .safe_pickle_trusted import _hashable, _plain_state, _trusted_callables, trusted_globals
+from .safe_pickle_untrusted import (_UNTRUSTED, UntrustedGlobal, UntrustedObject,
+                                    strip_untrusted, untrusted_globals)
 
 __all__ = ['Unpickler', 'load', 'loads', 'UntrustedGlobal', 'UntrustedObject',
-           'untrusted_globals', 'UnpicklingError']
+           'untrusted_globals', 'strip_untrusted', 'trusted_globals', 'UnpicklingError']
 
 UnpicklingError = pickle.UnpicklingError
-_EMPTY = OrderedDict
 
 
-class UntrustedGlobal:
-    """Stand-in for a global (function or class) that a pickle names and that is
-    not trusted: never imported, never called.
-
-    Calling it (what ``REDUCE`` / ``NEWOBJ`` would do) returns an
-    :class:`UntrustedObject` recording the arguments.
-    """
-    __slots__ = ('name',)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __call__(self, *args, **kwargs) -> 'UntrustedObject':
-        return UntrustedObject(self.name, args, kwargs)
-
-    def __repr__(self) -> str:
-        return f'<untrusted global {self.name} (not loaded)>'
-
-    def __reduce__(self):
-        raise TypeError(f'{self!r} cannot be pickled again')
-
-
-class UntrustedObject:
-    """Inert result of "calling" an :class:`UntrustedGlobal`.
-
-    Attributes:
-        name (str): the global the pickle named (``module.qualname``), or
-            ``NAME()`` for the result of calling such an object again.
-        args (tuple), kwargs (dict): what the pickle passed.
-        state: what ``BUILD`` would have set (``None`` if nothing).
-        items (list), dict_items (list): what ``APPEND(S)`` / ``SETITEM(S)`` added.
-        source: the placeholder that was "called" to make this one, if any.
-    """
-    __slots__ = ('name', 'args', 'kwargs', 'state', 'items', 'dict_items', 'source')
-
-    def __init__(self, name: str, args: tuple = (), kwargs: dict = None,
-                 source=None) -> None:
-        self.name = name
-        self.source = source
-        self.args = tuple(args)
-        self.kwargs = dict(kwargs or {})
-        self.state = None
-        self.items: List[Any] = []
-        self.dict_items: List[Tuple[Any, Any]] = []
-
-    def __call__(self, *args, **kwargs) -> 'UntrustedObject':
-        return UntrustedObject(f'{self.name}()', args, kwargs, source=self)
-
-    def __repr__(self) -> str:
-        return f'<untrusted {self.name} object from a checkpoint (not loaded)>'
-
-    def __reduce__(self):
-        raise TypeError(f'{self!r} cannot be pickled again')
-
-
-_UNTRUSTED = (UntrustedGlobal, UntrustedObject)
-
-
-# --------------------------------------------------------------- trusted globals
-def _no_hooks(fn, hooks_at: int):
-    """``fn`` with its ``backward_hooks`` argument replaced by an empty OrderedDict
-    (a pickle cannot attach callables to a tensor)."""
-    def rebuild(*args):
-        args = list(args)
-        if len(args) > hooks_at:
-            args[hooks_at] = _EMPTY()
-        return fn(*args)
-    rebuild.__name__ = fn.__name__
-    return rebuild
-
-
-def _plain_state(state) -> bool:
-    """True for attribute state made of plain data only (no placeholders, no dunders)."""
-    if state is None:
-        return True
-    if isinstance(state, tuple):
-        return all(_plain_state(s) for s in state)
-    if isinstance(state, dict):
-        return all(isinstance(k, str) and not k.startswith('__') for k in state) and \
-            not untrusted_globals(list(state.values()))
-    return False
-
-
-def _torch_globals() -> Dict[str, Any]:
-    import torch
-    import torch._utils as tu
-    from torch._weights_only_unpickler import _get_allowed_globals
-
-    trusted = dict(_get_allowed_globals())
-    trusted['torch._utils._rebuild_tensor_v2'] = _rebuild_tensor_v2
-    trusted['torch._utils._rebuild_tensor_v3'] = _rebuild_tensor_v3
-    trusted['torch._utils._rebuild_parameter'] = _no_hooks(tu._rebuild_parameter, 2)
-    trusted['torch._utils._rebuild_parameter_with_state'] = _rebuild_parameter_with_state
-    trusted['torch._tensor._rebuild_from_type_v2'] = _rebuild_from_type_v2
-    trusted['torch._utils._rebuild_wrapper_subclass'] = _rebuild_wrapper_subclass
-    trusted['torch.tensor._rebuild_from_type_v2'] = _rebuild_from_type_v2  # old path
-    trusted['builtins.frozenset'] = frozenset
-    trusted['builtins.slice'] = slice
-    trusted['builtins.range'] = range
-    trusted['__builtin__.set'] = set
-    trusted['__builtin__.frozenset'] = frozenset
-    trusted['__builtin__.complex'] = complex
-    trusted['_codecs.encode'] = _codecs_encode
-    assert torch  # imported for the allow-list
-    return trusted
-
-
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad,
-                       backward_hooks=None, metadata=None):
-    import torch._utils as tu
-    if metadata is not None and not (isinstance(metadata, dict) and all(
-            isinstance(v, (bool, int)) for v in metadata.values())):
-        metadata = None
-    return tu._rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad,
-                                 _EMPTY(), metadata)
-
-
-def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad,
-                       backward_hooks, dtype, metadata=None):
-    import torch._utils as tu
-    if metadata is not None and not (isinstance(metadata, dict) and all(
-            isinstance(v, (bool, int)) for v in metadata.values())):
-        metadata = None
-    return tu._rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad,
-                                 _EMPTY(), dtype, metadata)
-
-
-def _rebuild_parameter_with_state(data, requires_grad, backward_hooks, state):
-    import torch._utils as tu
-    return tu._rebuild_parameter_with_state(data, requires_grad, _EMPTY(),
-                                            state if _plain_state(state) else {})
-
-
-def _rebuild_from_type_v2(func, new_type, args, state):
-    import torch
-    import torch._tensor as tt
-    if new_type not in (torch.Tensor, torch.nn.Parameter) or \
-            func not in _trusted_callables() or not _plain_state(state):
-        return UntrustedObject('torch._tensor._rebuild_from_type_v2',
-                               (func, new_type, args, state))
-    return tt._rebuild_from_type_v2(func, new_type, args, state)
-
-
-def _rebuild_wrapper_subclass(cls, *args):
-    import torch
-    import torch._utils as tu
-    if cls is not torch.Tensor:
-        return UntrustedObject('torch._utils._rebuild_wrapper_subclass', (cls,) + args)
-    return tu._rebuild_wrapper_subclass(cls, *args)
-
-
-def _codecs_encode(obj, encoding='utf-8', errors='strict'):
-    """``_codecs.encode`` for what pickle protocol 2 uses it for (bytes as latin-1
-    text); other codecs are not looked up."""
-    import codecs
-    if isinstance(obj, str) and str(encoding).lower().replace('_', '-') in (
-            'latin1', 'latin-1', 'iso-8859-1', 'utf-8', 'utf8', 'ascii'):
-        return codecs.encode(obj, encoding, errors)
-    return UntrustedObject('_codecs.encode', (obj, encoding, errors))
-
-
-def _numpy_globals() -> Dict[str, Any]:
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover
-        return {}
-
-    def reconstruct(subtype, shape, dtype):
-        if subtype is not np.ndarray or not isinstance(dtype, (bytes, str)):
-            return UntrustedObject('numpy._core.multiarray._reconstruct',
-                                   (subtype, shape, dtype))
-        return np.ndarray.__new__(np.ndarray, shape, dtype)
-
-    def scalar(dtype, obj=None):
-        if not isinstance(dtype, np.dtype) or dtype.hasobject or \
-                not isinstance(obj, (bytes, type(None))):
-            return UntrustedObject('numpy._core.multiarray.scalar', (dtype, obj))
-        from numpy._core.multiarray import scalar as np_scalar
-        return np_scalar(dtype, obj) if obj is not None else np_scalar(dtype)
-
-    def dtype(spec, align=False, copy=False):
-        if not isinstance(spec, str):
-            return UntrustedObject('numpy.dtype', (spec, align, copy))
-        return np.dtype(spec, align, copy)
-
-    out = {}
-    for mod in ('numpy.core.multiarray', 'numpy._core.multiarray'):
-        out[f'{mod}._reconstruct'] = reconstruct
-        out[f'{mod}.scalar'] = scalar
-    out['numpy.ndarray'] = np.ndarray
-    out['numpy.dtype'] = dtype
-    # numpy >= 1.25 names dtype classes (numpy.dtypes.Float64DType) as arguments
-    for name in dir(getattr(np, 'dtypes', None) or object()):
-        cls = getattr(np.dtypes, name, None)
-        if isinstance(cls, type) and issubclass(cls, np.dtype):
-            out[f'numpy.dtypes.{name}'] = cls
-    return out
-
-
-_TRUSTED: Dict[str, Any] = {}
-_TRUSTED_OBJECTS: set = set()
-
-
-def trusted_globals() -> Dict[str, Any]:
-    """``'module.name' -> object`` for every global the unpickler rebuilds."""
-    if not _TRUSTED:
-        table = _torch_globals()
-        table.update(_numpy_globals())
-        _TRUSTED_OBJECTS.update(v for v in table.values() if _hashable(v))
-        _TRUSTED.update(table)
-    return _TRUSTED
-
-
-def _trusted_callables() -> set:
-    """The trusted globals themselves (what ``REDUCE``/``NEWOBJ`` may call)."""
-    trusted_globals()
-    return _TRUSTED_OBJECTS
-
-
-def _hashable(v) -> bool:
-    try:
-        hash(v)
-    except TypeError:
-        return False
-    return True
-
-
-# ------------------------------------------------------------------- unpickler
 class Unpickler(pickle._Unpickler):
     """:class:`pickle.Unpickler` that rebuilds data and nothing else (module doc).
 
@@ -353,22 +131,22 @@ class Unpickler(pickle._Unpickler):
         # anything else: the state is dropped (no attribute of a live object is set)
     dispatch[pickle.BUILD[0]] = load_build
 
-    def load_append(self):
-        value = self.stack.pop()
+    def _add_items(self, items, container=list, add='extend'):
+        """``items`` into the object on top of the stack: a ``container`` (its
+        method ``add``) or a placeholder (its ``items``); anything else keeps
+        nothing."""
         target = self.stack[-1]
-        if isinstance(target, list):
-            target.append(value)
+        if isinstance(target, container):
+            getattr(target, add)(items)
         elif isinstance(target, UntrustedObject):
-            target.items.append(value)
+            target.items.extend(items)
+
+    def load_append(self):
+        self._add_items([self.stack.pop()])
     dispatch[pickle.APPEND[0]] = load_append
 
     def load_appends(self):
-        items = self.pop_mark()
-        target = self.stack[-1]
-        if isinstance(target, list):
-            target.extend(items)
-        elif isinstance(target, UntrustedObject):
-            target.items.extend(items)
+        self._add_items(self.pop_mark())
     dispatch[pickle.APPENDS[0]] = load_appends
 
     def _setitem(self, target, key, value):
@@ -392,12 +170,7 @@ class Unpickler(pickle._Unpickler):
     dispatch[pickle.SETITEMS[0]] = load_setitems
 
     def load_additems(self):
-        items = self.pop_mark()
-        target = self.stack[-1]
-        if isinstance(target, set):
-            target.update(items)
-        elif isinstance(target, UntrustedObject):
-            target.items.extend(items)
+        self._add_items(self.pop_mark(), set, 'update')
     dispatch[pickle.ADDITEMS[0]] = load_additems
 
 
@@ -409,65 +182,3 @@ def load(file, **kwargs):
 def loads(data: bytes, **kwargs):
     """``pickle.loads`` with :class:`Unpickler`."""
     return Unpickler(io.BytesIO(data), **kwargs).load()
-
-
-def untrusted_globals(obj, limit: int = 100000) -> List[str]:
-    """Names of the untrusted globals ``obj`` holds placeholders for (sorted,
-    unique), looking through dicts, lists, tuples, sets and placeholders.
-
-    Args:
-        obj: a loaded object.
-        limit (int): containers visited at most (a guard against huge nests).
-    """
-    found = set()
-    todo = [obj]
-    seen = set()
-    visited = 0
-    while todo and visited < limit:
-        x = todo.pop()
-        if id(x) in seen:
-            continue
-        seen.add(id(x))
-        visited += 1
-        if isinstance(x, _UNTRUSTED):
-            found.add(x.name)
-            if isinstance(x, UntrustedObject):
-                todo.extend(x.args)
-                todo.extend(x.kwargs.values())
-                todo.append(x.state)
-                todo.extend(x.items)
-                todo.extend(v for kv in x.dict_items for v in kv)
-                todo.append(x.source)
-        elif isinstance(x, dict):
-            todo.extend(x.keys())
-            todo.extend(x.values())
-        elif isinstance(x, (list, tuple, set, frozenset)):
-            todo.extend(x)
-    return sorted(found)
-
-
-def strip_untrusted(obj):
-    """``obj`` without its placeholders (dropped from dicts, lists, tuples and sets),
-    e.g. before saving a loaded checkpoint again.
-
-    Returns:
-        tuple: ``(clean object, sorted names of the dropped globals)``.
-    """
-    dropped = set()
-
-    def clean(x):
-        if isinstance(x, _UNTRUSTED):
-            dropped.add(x.name)
-            return _DROP
-        if type(x) in (dict, OrderedDict):
-            items = ((k, clean(v)) for k, v in x.items() if not isinstance(k, _UNTRUSTED))
-            return type(x)((k, v) for k, v in items if v is not _DROP)
-        if type(x) in (list, tuple, set):
-            return type(x)(v for v in map(clean, x) if v is not _DROP)
-        return x
-
-    out = clean(obj)
-    return (None if out is _DROP else out), sorted(dropped)
-
-
-_DROP = object()

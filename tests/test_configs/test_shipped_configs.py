@@ -37,7 +37,7 @@ COCO = dict(dataset='COCOStuffDataset', classes=171,
             train=('images/train2014', 'annotations/train2014'),
             val=('images/test2014', 'annotations/test2014'))
 
-# Spec §4.2, one BASE and one prune config per README row.
+# The official recipe per results row (docs/differences.md): one BASE and one prune config.
 ROWS = {
     'ade20k_b16': dict(arch='b', data=ADE, crop=512, stride=341, scale=(2048, 512),
                        head_heads=6, norm=IMAGENET, p0=0.9, prune_iters=40000,

@@ -13,7 +13,8 @@ import dtop  # noqa: F401
 from dtop.evaluation.flops import (DToPCostDims, count_flops_library, dense_flops,
                                    model_flops, vit_layer_flops)
 from dtop.models.decode_heads import ATMPruneHead
-from dtop.models.pruning import ExitPolicy
+from tests.utils.flops_checks import (assert_counts_match, forced_exit_counts,
+                                      pruned_flop_analyzer)
 from tests.utils.tiny_models import tiny_model_cfg
 from paper_models import README_ROWS, paper_model_cfg
 
@@ -76,10 +77,7 @@ def test_library_counter_matches_analytic_vit_b():
     model = MODELS.build(paper_model_cfg('ade20k_vit-b16'))
     lib = count_flops_library(model)
     ana = dense_flops(DToPCostDims.from_model(model))
-    for key in ('backbone', 'upsample', 'final_head', 'aux_heads', 'backbone_final_head',
-                'backbone_all_heads'):
-        assert lib[key] == pytest.approx(ana[key], rel=0.005), key
-    np.testing.assert_allclose(lib['heads'], ana['heads'], rtol=0.005)
+    assert_counts_match(lib, ana, rel=0.005)
     assert lib['backbone_final_head'] / 1e9 == pytest.approx(109.9, rel=0.005)
     assert lib['total'] == pytest.approx(ana['backbone_all_heads'], rel=1e-9)
 
@@ -105,40 +103,21 @@ def test_library_counter_matches_analytic_tiny(backend, shape):
                                         head_layers=3, img_size=(64, 64)))
     lib = count_flops_library(model, shape, backend=backend)
     ana = dense_flops(DToPCostDims.from_model(model), shape)
-    for key in ('backbone', 'upsample', 'backbone_final_head', 'backbone_all_heads'):
-        assert lib[key] == pytest.approx(ana[key], rel=1e-9), key
+    assert_counts_match(lib, ana, heads=False,
+                        keys=('backbone', 'upsample', 'backbone_final_head',
+                              'backbone_all_heads'))
     assert model.prune_threshold == [None, None]  # restored (the cfg's 1.0 -> None)
-
-
-class KeepFirst(ExitPolicy):
-    """Forced exits: after stage ``s`` only the first ``keep[s]`` tokens of an image stay."""
-
-    def __init__(self, keep):
-        self.keep = keep
-
-    def prunes_at(self, stage):
-        return True
-
-    def __call__(self, stage, scores, segments):
-        return segments.slot >= self.keep[stage]
 
 
 def test_cost_model_matches_library_counter_on_a_pruned_forward():
     """Trace a *pruned* forward (batch 1): the counter sees the smaller token sets,
     and must agree with model_flops at the active counts the model reports."""
-    from dtop.evaluation.flops import _DenseTrace, _sdpa_flop_jit
-    from mmengine.analysis import FlopAnalyzer
     model = MODELS.build(tiny_model_cfg(num_classes=5, embed_dims=32, num_layers=6,
                                         img_size=(64, 64), prune_threshold=0.5)).eval()
-    model.set_exit_policy(KeepFirst({0: 11, 1: 5}))
     x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        counts = model.run_stages(x).active_counts
+    counts = forced_exit_counts(model, {0: 11, 1: 5}, x)
     assert counts.tolist() == [[16, 11, 5]]
-    fa = FlopAnalyzer(_DenseTrace.build(model), (x, ))
-    fa.set_op_handle('aten::scaled_dot_product_attention', _sdpa_flop_jit)
-    fa.unsupported_ops_warnings(False)
-    fa.uncalled_modules_warnings(False)
+    fa = pruned_flop_analyzer(model, x)
     cost = model_flops(DToPCostDims.from_model(model), counts)
     assert fa.total() == pytest.approx(cost['backbone_all_heads'][0], rel=1e-9)
     by_module = fa.by_module()

@@ -1,22 +1,20 @@
 """A stage head defined in this file only: the cost model counts it from the
 ``cost()`` it declares, with no edit in ``dtop/``, and agrees with the library
 counter (mmengine's ``FlopAnalyzer``), dense and pruned."""
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.analysis import FlopAnalyzer
 from mmengine.registry import init_default_scope
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.registry import MODELS
 
 import dtop  # noqa: F401
-from dtop.evaluation.flops import (DToPCostDims, _DenseTrace, _sdpa_flop_jit,
-                                   count_flops_library, dense_flops, model_flops)
+from dtop.evaluation.flops import DToPCostDims, count_flops_library, dense_flops, model_flops
 from dtop.models.cost import PATCH, HeadCost, ResizeStep, layer_norm_flops
 from dtop.models.decode_heads.stage_head import HeadOutput, StageHeadMixin
-from dtop.models.pruning import ExitPolicy
+from tests.utils.flops_checks import (assert_counts_match, forced_exit_counts,
+                                      pruned_flop_analyzer)
 from tests.utils.tiny_models import tiny_model_cfg
 
 
@@ -61,19 +59,6 @@ def toy_cfg(head_type='TestFlopsToyMLPHead', **kwargs):
     return cfg
 
 
-class KeepFirst(ExitPolicy):
-    """Forced exits: after stage ``s`` only the first ``keep[s]`` tokens of an image stay."""
-
-    def __init__(self, keep):
-        self.keep = keep
-
-    def prunes_at(self, stage):
-        return True
-
-    def __call__(self, stage, scores, segments):
-        return segments.slot >= self.keep[stage]
-
-
 @pytest.fixture(autouse=True)
 def _scope():
     init_default_scope('mmseg')
@@ -88,24 +73,16 @@ def test_toy_head_cost_matches_library_counter(shape):
     assert dims.heads == (model.decode_head.cost(), ) * 3
     lib = count_flops_library(model, shape)
     ana = dense_flops(dims, shape)
-    for key in ('backbone', 'upsample', 'final_head', 'aux_heads', 'backbone_final_head',
-                'backbone_all_heads'):
-        assert lib[key] == pytest.approx(ana[key], rel=1e-9), key
-    np.testing.assert_allclose(lib['heads'], ana['heads'], rtol=1e-9)
+    assert_counts_match(lib, ana)
     assert lib['total'] / 1e9 == pytest.approx(ana['backbone_all_heads'] / 1e9, rel=1e-9)
 
 
 def test_toy_head_pruned_forward_matches_library_counter():
     model = MODELS.build(toy_cfg()).eval()
-    model.set_exit_policy(KeepFirst({0: 10, 1: 3}))
     x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        counts = model.run_stages(x).active_counts
+    counts = forced_exit_counts(model, {0: 10, 1: 3}, x)
     assert counts.tolist() == [[16, 10, 3]]
-    fa = FlopAnalyzer(_DenseTrace.build(model), (x, ))
-    fa.set_op_handle('aten::scaled_dot_product_attention', _sdpa_flop_jit)
-    fa.unsupported_ops_warnings(False)
-    fa.uncalled_modules_warnings(False)
+    fa = pruned_flop_analyzer(model, x)
     cost = model_flops(DToPCostDims.from_model(model), counts)
     assert fa.total() / 1e9 == pytest.approx(cost['backbone_all_heads'][0] / 1e9, rel=1e-9)
     by_module = fa.by_module()

@@ -4,73 +4,22 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
-from mmengine.structures import PixelData
-from mmseg.models.backbones import VisionTransformer
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS
-from mmseg.structures import SegDataSample
 
 import dtop  # noqa: F401
-from dtop.models.pruning import ConfidenceThreshold, ExitPolicy
+from dtop.models.pruning import ConfidenceThreshold
 from tests.utils.tiny_models import tiny_model_cfg
+from tests.utils.tiny_segmentor import (NUM_CLASSES, build, check_batch_equals_images_one_by_one,
+                                        check_ragged_batch_equals_images_alone,
+                                        check_threshold_one_equals_dense, images,
+                                        samples_with_labels, without_dropout)
 from test_pruning_rule import reference_exits
-
-NUM_CLASSES = 5
-
-
-def build(seed=0, **kwargs):
-    torch.manual_seed(seed)
-    model = MODELS.build(tiny_model_cfg(num_classes=NUM_CLASSES, **kwargs))
-    model.init_weights()
-    sharpen(model, seed)
-    return model.eval()
-
-
-def sharpen(model, seed):
-    """Give random heads confident, spread-out scores so that pruning happens."""
-    g = torch.Generator().manual_seed(seed + 100)
-    with torch.no_grad():
-        for head in model.stage_heads:
-            head.class_embed.bias.copy_(torch.tensor([2.5, -2.5]))
-            cross = head.decoder.layers[-1].multihead_attn
-            cross.q.weight.mul_(40)
-            cross.k.weight.mul_(40)
-            cross.k.bias.copy_(torch.randn(cross.k.bias.shape, generator=g))
-
-
-def images(n, h=64, w=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, h, w, generator=g) * torch.linspace(0.5, 2.0, n).view(n, 1, 1, 1)
-
-
-def dense_reference(model, x):
-    """Same weights as a plain dense model: mmseg's ViT + heads on all tokens."""
-    bb = model.backbone
-    ref = VisionTransformer(img_size=bb.img_size, patch_size=16, embed_dims=32,
-                            num_layers=len(bb.layers), num_heads=2, mlp_ratio=2,
-                            out_indices=bb.out_indices, with_cls_token=False,
-                            norm_cfg=dict(type='LN', eps=1e-6), patch_bias=True)
-    ref.load_state_dict(bb.state_dict())
-    ref.eval()
-    feats = ref(x)
-    tokens = feats[-1].flatten(2).transpose(1, 2)
-    cls, mask = model.decode_head(tokens)
-    h, w = feats[-1].shape[-2:]
-    probs = cls.softmax(-1)[..., 0, None, None] * mask.sigmoid().view(x.shape[0], -1, h, w)
-    return F.interpolate(probs, size=x.shape[-2:], mode='bilinear', align_corners=False)
 
 
 def test_threshold_one_equals_dense_model():
-    model = build(prune_threshold=1.0)
-    x = images(2)
-    with torch.no_grad():
-        got = model._forward(x)
-        ref = dense_reference(model, x)
-        out = model.run_stages(x)
-    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
-    assert (out.active_counts == 16).all()
-    assert (out.exit_stage == 2).all()
+    check_threshold_one_equals_dense(build(prune_threshold=1.0), images(2),
+                                     rtol=1e-5, atol=1e-6)
 
 
 def test_pruning_disabled_by_none_and_above_one():
@@ -86,22 +35,8 @@ def test_pruning_disabled_by_none_and_above_one():
 def test_batch_equals_images_one_by_one(k):
     model = build(seed=1, prune_threshold=[0.55, 0.5], keep_topk_per_class=k,
                   img_size=(96, 96))
-    x = images(4, 96, 96, seed=1)
-    with torch.no_grad():
-        batched = model.run_stages(x)
-        singles = [model.run_stages(x[i:i + 1]) for i in range(4)]
-    counts = batched.active_counts
-    assert (counts[:, 1] < 36).any(), 'pruning did not happen; test is vacuous'
-    assert len({tuple(c.tolist()) for c in counts}) > 1, 'images share a pattern'
-    for i, single in enumerate(singles):
-        assert torch.equal(counts[i], single.active_counts[0])
-        assert torch.equal(batched.exit_stage[i], single.exit_stage[0])
-        for (ob, cb), (os_, cs) in zip(batched.head_outputs, single.head_outputs):
-            torch.testing.assert_close(ob.image_values[i], os_.image_values[0],
-                                       rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(cb[i], cs[0], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(batched.final_map[i], single.final_map[0],
-                                   rtol=1e-5, atol=1e-6)
+    check_batch_equals_images_one_by_one(model, images(4, 96, 96, seed=1),
+                                         rtol=1e-5, atol=1e-5, map_atol=1e-6)
 
 
 def reference_forward(model, img):
@@ -142,18 +77,6 @@ def test_fast_path_equals_per_image_reference(p0):
             assert fast.active_counts[i].tolist() == counts
             torch.testing.assert_close(fast.final_map[i:i + 1], ref, rtol=1e-5, atol=1e-6)
     assert (fast.active_counts[:, -1] < 30).all(), 'pruning did not happen'
-
-
-def samples_with_labels(n, h, w, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        label = torch.randint(0, NUM_CLASSES, (1, h, w), generator=g)
-        label[:, :4, :4] = 255
-        ds = SegDataSample(gt_sem_seg=PixelData(data=label))
-        ds.set_metainfo(dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
-        out.append(ds)
-    return out
 
 
 def test_gradient_reaches_first_head_through_exited_canvas():
@@ -295,79 +218,15 @@ def test_pruned_features_keep_exited_tokens_and_match_single_images():
                 torch.testing.assert_close(a[i:i + 1], b, rtol=1e-5, atol=1e-5)
 
 
-class PerImagePolicy(ExitPolicy):
-    """A decision that depends on each image alone: images listed in
-    ``exit_all`` lose every token at stage 0 (empty afterwards), the others
-    their more confident half at every stage."""
-
-    exit_all = frozenset()
-
-    def prunes_at(self, stage):
-        return True
-
-    def __call__(self, stage, scores, segments):
-        conf = scores.amax(1)
-        exits = torch.zeros_like(conf, dtype=torch.bool)
-        bounds = segments.cu_seqlens.tolist()
-        for b, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
-            if hi == lo:
-                continue
-            if stage == 0 and b in self.exit_all:
-                exits[lo:hi] = True
-            else:
-                exits[lo:hi] = conf[lo:hi] > conf[lo:hi].median()
-        return exits
-
-
-def objective(out, weights):
-    total = (out.final_map * weights[0]).sum()
-    for (head_out, canvas), w in zip(out.head_outputs, weights[1:]):
-        total = total + (canvas * w).sum() + head_out.image_values.sum()
-    return total
-
-
 @pytest.mark.parametrize('backend', ['loop', 'padded', 'auto'])
 def test_packed_ragged_batch_equals_images_alone_with_gradients(backend):
     """Ragged batch (very different counts, one image with no token left after
     stage 0): outputs and parameter gradients equal the images run one by one."""
-    model = build(seed=9, prune_threshold=0.5).train()
-    for m in model.modules():  # train mode (autograd), but deterministic
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-        elif isinstance(m, torch.nn.MultiheadAttention):
-            m.dropout = 0.0
+    model = without_dropout(build(seed=9, prune_threshold=0.5).train())
     model.backbone.attention_backend = backend
-    x = images(3, seed=9)
-
-    policy = model.set_exit_policy(PerImagePolicy())
-    g = torch.Generator().manual_seed(9)
-    weights = [torch.randn(3, NUM_CLASSES, 4, 4, generator=g) for _ in range(4)]
-    policy.exit_all = {0}
-    batched = model.run_stages(x)
-    counts = batched.active_counts
-    assert counts[0].tolist() == [16, 0, 0], 'image 0 should have no token left'
+    counts = check_ragged_batch_equals_images_alone(model, images(3, seed=9), map_rtol=1e-5,
+                                                    map_atol=1e-6, grad_atol=1e-5)
     assert counts[1, 1] < 16 and counts[1, 2] < counts[1, 1]
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(objective(batched, weights), params, allow_unused=True)
-    summed = [torch.zeros_like(p) for p in params]
-    for i in range(3):
-        policy.exit_all = {0} if i == 0 else set()
-        single = model.run_stages(x[i:i + 1])
-        assert torch.equal(single.active_counts[0], counts[i])
-        torch.testing.assert_close(batched.final_map[i], single.final_map[0],
-                                   rtol=1e-5, atol=1e-6)
-        gi = torch.autograd.grad(objective(single, [w[i:i + 1] for w in weights]), params,
-                                 allow_unused=True)
-        for acc, gr in zip(summed, gi):
-            if gr is not None:
-                acc += gr
-    for p_grad, ref in zip(grads, summed):
-        if p_grad is None:
-            assert ref.abs().max() == 0
-        else:
-            # fp32 sums in another order: tolerance relative to the gradient's scale
-            scale = float(ref.abs().max().clamp_min(1.0))
-            torch.testing.assert_close(p_grad, ref, rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_bf16_inference_matches_fp32_and_decides_in_fp32():

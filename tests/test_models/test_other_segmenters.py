@@ -13,13 +13,12 @@ import pytest
 import torch
 from mmengine.config import Config, ConfigDict
 from mmengine.runner import load_checkpoint
-from mmengine.structures import PixelData
 from mmseg.registry import MODELS
-from mmseg.structures import SegDataSample
 
 import dtop  # noqa: F401
 from dtop.models.mmseg_dense import dtop_to_mmseg_state_dict, mmseg_dense_model_cfg
 from tests.utils.tiny_models import tiny_model_cfg
+from tests.utils.tiny_segmentor import images, samples_with_labels, sharpen_atm_head
 from test_pruning_rule import reference_exits
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
@@ -54,11 +53,9 @@ def sharpen(model, seed):
     with torch.no_grad():
         for head in model.stage_heads:
             if hasattr(head, 'class_embed'):  # ATM auxiliary head
-                head.class_embed.bias.copy_(torch.tensor([2.5, -2.5]))
-                cross = head.decoder.layers[-1].multihead_attn
-                cross.q.weight.mul_(10)  # confident, but sigmoid(A) not saturated:
-                cross.k.weight.mul_(10)  # exact ties would make top-k order arbitrary
-                cross.k.bias.copy_(torch.randn(cross.k.bias.shape, generator=g))
+                # confident, but sigmoid(A) not saturated: exact ties would make
+                # top-k order arbitrary
+                sharpen_atm_head(head, g, q_scale=10, k_scale=10)
             elif hasattr(head, 'conv_seg'):  # SETR head: sharper softmax
                 head.conv_seg.weight.copy_(
                     0.5 * torch.randn(head.conv_seg.weight.shape, generator=g))
@@ -93,11 +90,6 @@ def load_from_mmseg(kind, mm, ours, tmp_path):
                                        if not k.startswith('auxiliary_head.')}
 
 
-def images(n, h=64, w=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, h, w, generator=g) * torch.linspace(0.5, 2.0, n).view(n, 1, 1, 1)
-
-
 def metas(n, h, w):
     return [dict(ori_shape=(h, w), img_shape=(h, w), pad_shape=(h, w))
             for _ in range(n)]
@@ -125,18 +117,6 @@ def test_mmseg_checkpoint_loads_and_p0_one_equals_mmseg(kind, tmp_path):
                                    atol=1e-4)
 
 
-def labelled(n, h, w, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        label = torch.randint(0, NUM_CLASSES, (1, h, w), generator=g)
-        label[:, :5, :7] = 255
-        ds = SegDataSample(gt_sem_seg=PixelData(data=label))
-        ds.set_metainfo(dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
-        out.append(ds)
-    return out
-
-
 @pytest.mark.parametrize('kind', KINDS)
 def test_p0_one_losses_equal_mmseg(kind):
     """Training at p0 = 1 is mmseg's training (BN statistics included)."""
@@ -144,7 +124,7 @@ def test_p0_one_losses_equal_mmseg(kind):
     ours.load_state_dict(mm.state_dict(), strict=kind == 'setr')
     mm.train()
     ours.train()
-    x, data = images(2, seed=2), labelled(2, 64, 64, seed=2)
+    x, data = images(2, seed=2), samples_with_labels(2, 64, 64, seed=2, ignored=(5, 7))
     ref = mm.loss(x, copy.deepcopy(data))
     got = ours.loss(x, copy.deepcopy(data))
     assert ref

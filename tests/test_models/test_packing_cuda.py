@@ -23,12 +23,14 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from mmseg.models.backbones import VisionTransformer
 
 from dtop.models.packing import Segments, _has_varlen, packed_attention, \
     select_attention_backend
-# helpers of the CPU tests (tests/test_models is on sys.path under pytest)
-from test_dtop_segmentor import NUM_CLASSES, PerImagePolicy, build, images, objective
+# the model and checks of the CPU tests (test_dtop_segmentor.py)
+from tests.utils.tiny_segmentor import (build, check_batch_equals_images_one_by_one,
+                                        check_ragged_batch_equals_images_alone,
+                                        check_threshold_one_equals_dense, images,
+                                        without_dropout)
 
 ON_CPU = os.environ.get('DTOP_CUDA_TESTS_ON_CPU') == '1'
 if torch.cuda.is_available():
@@ -149,34 +151,9 @@ def test_auto_selection_on_this_device():
 
 # ----------------------------------------------------------- tiny model on the device
 
-def dense_reference(model, x):
-    """The same weights as a plain dense model: mmseg's ViT + the decode head on all
-    tokens (as test_dtop_segmentor.dense_reference, on ``x``'s device)."""
-    bb = model.backbone
-    ref = VisionTransformer(img_size=bb.img_size, patch_size=16, embed_dims=32,
-                            num_layers=len(bb.layers), num_heads=2, mlp_ratio=2,
-                            out_indices=bb.out_indices, with_cls_token=False,
-                            norm_cfg=dict(type='LN', eps=1e-6), patch_bias=True)
-    ref.load_state_dict(bb.state_dict())
-    ref.to(x.device).eval()
-    feats = ref(x)
-    tokens = feats[-1].flatten(2).transpose(1, 2)
-    cls, mask = model.decode_head(tokens)
-    h, w = feats[-1].shape[-2:]
-    probs = cls.softmax(-1)[..., 0, None, None] * mask.sigmoid().view(x.shape[0], -1, h, w)
-    return F.interpolate(probs, size=x.shape[-2:], mode='bilinear', align_corners=False)
-
-
 def test_threshold_one_equals_dense_model_on_device():
-    model = build(prune_threshold=1.0).to(DEVICE)
-    x = images(2).to(DEVICE)
-    with torch.no_grad():
-        got = model._forward(x)
-        ref = dense_reference(model, x)
-        out = model.run_stages(x)
-    torch.testing.assert_close(got, ref, rtol=1e-4, atol=2e-5)
-    assert (out.active_counts == 16).all()
-    assert (out.exit_stage == 2).all()
+    check_threshold_one_equals_dense(build(prune_threshold=1.0).to(DEVICE),
+                                     images(2).to(DEVICE), rtol=1e-4, atol=2e-5)
 
 
 @pytest.mark.parametrize('backend', ['auto', 'nested', 'loop', 'padded'])
@@ -185,22 +162,8 @@ def test_pruned_batch_equals_images_one_by_one_on_device(backend):
                   img_size=(96, 96)).to(DEVICE)
     runnable(backend, torch.float32, Segments.from_lengths([3, 1], DEVICE))
     model.backbone.attention_backend = backend
-    x = images(4, 96, 96, seed=1).to(DEVICE)
-    with torch.no_grad():
-        batched = model.run_stages(x)
-        singles = [model.run_stages(x[i:i + 1]) for i in range(4)]
-    counts = batched.active_counts
-    assert (counts[:, 1] < 36).any(), 'pruning did not happen; test is vacuous'
-    assert len({tuple(c.tolist()) for c in counts}) > 1, 'images share a pattern'
-    for i, single in enumerate(singles):
-        assert torch.equal(counts[i], single.active_counts[0])
-        assert torch.equal(batched.exit_stage[i], single.exit_stage[0])
-        for (ob, cb), (os_, cs) in zip(batched.head_outputs, single.head_outputs):
-            torch.testing.assert_close(ob.image_values[i], os_.image_values[0],
-                                       rtol=1e-4, atol=1e-5)
-            torch.testing.assert_close(cb[i], cs[0], rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(batched.final_map[i], single.final_map[0],
-                                   rtol=1e-4, atol=1e-5)
+    check_batch_equals_images_one_by_one(model, images(4, 96, 96, seed=1).to(DEVICE),
+                                         rtol=1e-4, atol=1e-5, map_atol=1e-5)
 
 
 @pytest.mark.parametrize('backend', ['auto', 'nested', 'loop', 'padded'])
@@ -208,43 +171,12 @@ def test_ragged_training_batch_equals_images_alone_on_device(backend):
     """Outputs and parameter gradients of a ragged batch (image 0 empty after
     stage 0) equal the sums over the images run alone (test_dtop_segmentor's test
     of the same name, on the device)."""
-    model = build(seed=9, prune_threshold=0.5).train()
-    for m in model.modules():  # train mode (autograd), but deterministic
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-        elif isinstance(m, torch.nn.MultiheadAttention):
-            m.dropout = 0.0
+    model = without_dropout(build(seed=9, prune_threshold=0.5).train())
     model.to(DEVICE)
     runnable(backend, torch.float32, Segments.from_lengths([3, 1], DEVICE))
     model.backbone.attention_backend = backend
-    x = images(3, seed=9).to(DEVICE)
-    policy = model.set_exit_policy(PerImagePolicy())
-    g = torch.Generator().manual_seed(9)
-    weights = [torch.randn(3, NUM_CLASSES, 4, 4, generator=g).to(DEVICE) for _ in range(4)]
-    policy.exit_all = {0}
-    batched = model.run_stages(x)
-    counts = batched.active_counts
-    assert counts[0].tolist() == [16, 0, 0], 'image 0 should have no token left'
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(objective(batched, weights), params, allow_unused=True)
-    summed = [torch.zeros_like(p) for p in params]
-    for i in range(3):
-        policy.exit_all = {0} if i == 0 else set()
-        single = model.run_stages(x[i:i + 1])
-        assert torch.equal(single.active_counts[0], counts[i])
-        torch.testing.assert_close(batched.final_map[i], single.final_map[0],
-                                   rtol=1e-4, atol=1e-5)
-        gi = torch.autograd.grad(objective(single, [w[i:i + 1] for w in weights]), params,
-                                 allow_unused=True)
-        for acc, gr in zip(summed, gi):
-            if gr is not None:
-                acc += gr
-    for p_grad, ref in zip(grads, summed):
-        if p_grad is None:
-            assert ref.abs().max() == 0
-        else:
-            scale = float(ref.abs().max().clamp_min(1.0))
-            torch.testing.assert_close(p_grad, ref, rtol=1e-4, atol=2e-5 * scale)
+    check_ragged_batch_equals_images_alone(model, images(3, seed=9).to(DEVICE), map_rtol=1e-4,
+                                           map_atol=1e-5, grad_atol=2e-5)
 
 
 @pytest.mark.parametrize('precision', ['bf16', 'fp16'])

@@ -4,6 +4,7 @@ from the shipped ADE20K configs, and a runner for the shell launchers.
 Not a test module (leading underscore); imported by the tests next to it.
 """
 import glob
+import importlib.util
 import json
 import os
 import os.path as osp
@@ -66,6 +67,22 @@ def make_tiny_ade(root: os.PathLike, n_train: int = 4, n_val: int = 2,
     return root
 
 
+#: The data part of the tiny configs (after their ``img_scale``, ``data_root`` and
+#: ``train_pipeline``): the ADE20K test pipeline, and loaders without worker processes.
+TINY_DATA_CFG = '''\
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=img_scale, keep_ratio=True),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='PackSegInputs'),
+]
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(num_workers=0, persistent_workers=False,
+                      dataset=dict(data_root=data_root, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+'''
+
 _TINY_TEMPLATE = '''\
 # Tiny CPU config derived from {base_name}: same model/optimizer/schedule/runtime
 # types, tiny dims, a generated dataset, few iterations.
@@ -93,17 +110,7 @@ train_pipeline = [
     dict(type='PhotoMetricDistortion'),
     dict(type='PackSegInputs'),
 ]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=img_scale, keep_ratio=True),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='PackSegInputs'),
-]
-train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
-                        dataset=dict(data_root=data_root, pipeline=train_pipeline))
-val_dataloader = dict(num_workers=0, persistent_workers=False,
-                      dataset=dict(data_root=data_root, pipeline=test_pipeline))
-test_dataloader = val_dataloader
+''' + TINY_DATA_CFG + '''\
 # A larger lr than the real 2e-5 so that a few iterations make confident tokens.
 optim_wrapper = dict(optimizer=dict(lr=1e-3))
 __iters = {max_iters}
@@ -142,6 +149,41 @@ def write_tiny_config(path: os.PathLike, data_root: os.PathLike,
     path = Path(path)
     path.write_text(text)
     return path
+
+
+#: The tools that tests run in process (their ``main``): name -> path from the root.
+TOOL_SCRIPTS = dict(
+    test='tools/test.py', train='tools/train.py', demo='demo/image_demo.py',
+    benchmark='tools/analysis_tools/benchmark.py',
+    get_flops='tools/analysis_tools/get_flops.py',
+    sweep_threshold='tools/analysis_tools/sweep_threshold.py',
+    ablate_exit_policy='tools/analysis_tools/ablate_exit_policy.py',
+    confusion_matrix='tools/analysis_tools/confusion_matrix.py',
+    browse_dataset='tools/analysis_tools/browse_dataset.py',
+    check_dataset='tools/misc/check_dataset.py',
+    print_config='tools/misc/print_config.py',
+    publish_model='tools/misc/publish_model.py')
+
+
+def load_tools(prefix: str, *names: str, **renamed: str) -> dict:
+    """Import tools of :data:`TOOL_SCRIPTS` as modules.
+
+    Args:
+        prefix (str): of the module names, ``<prefix>_<path, '/' as '_', no .py>``.
+        names (str): tools, by their name in :data:`TOOL_SCRIPTS`.
+        renamed (str): more tools, ``key=name``: the tool ``name`` under ``key``.
+
+    Returns:
+        dict: ``{name or key: module}``.
+    """
+    modules = {}
+    for key, name in [(n, n) for n in names] + list(renamed.items()):
+        rel = TOOL_SCRIPTS[name]
+        module_name = f'{prefix}_{rel.replace("/", "_")[:-len(".py")]}'
+        spec = importlib.util.spec_from_file_location(module_name, ROOT / rel)
+        modules[key] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(modules[key])
+    return modules
 
 
 def free_port() -> int:

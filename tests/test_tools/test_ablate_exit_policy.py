@@ -8,26 +8,14 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from mmengine.registry import init_default_scope
-from mmseg.registry import MODELS
 
-from test_analysis_tools import ROOT, load_tool, make_ade_dataset, sharpen, write_config
+from test_analysis_tools import ROOT, load_tool, tiny_checkpoint_setup
 
 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp('ablate')
-    data_root = make_ade_dataset(tmp / 'ade', num_images=3)
-    config, model_cfg = write_config(tmp, data_root)
-    init_default_scope('mmseg')
-    torch.manual_seed(0)
-    model = MODELS.build(model_cfg)
-    model.init_weights()
-    sharpen(model)  # confident scores: p0 < 1 prunes on random weights
-    ckpt = tmp / 'tiny.pth'
-    torch.save(dict(state_dict=model.state_dict(), meta=dict()), ckpt)
-    return dict(config=config, ckpt=str(ckpt), model_cfg=model_cfg)
+    # sharpened (confident scores): p0 < 1 prunes on random weights
+    return tiny_checkpoint_setup(tmp_path_factory.mktemp('ablate'))
 
 
 def test_ablation_end_to_end(setup, tmp_path, capsys):

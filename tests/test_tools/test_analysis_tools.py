@@ -16,6 +16,7 @@ import dtop  # noqa: F401
 import dtop.evaluation  # noqa: F401
 from dtop.evaluation.flops import DToPCostDims, dense_flops
 from tests.utils.tiny_models import tiny_model_cfg
+from tests.utils.tiny_segmentor import sharpen
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
 NUM_CLASSES = 150  # ADE20KDataset's classes
@@ -78,30 +79,33 @@ def write_config(tmp_path, data_root, prune_threshold=0.9):
     return str(path), model
 
 
-def sharpen(model, seed=0):
-    """Confident, spread-out scores so that p0 < 1 prunes on random weights."""
-    g = torch.Generator().manual_seed(seed + 100)
-    with torch.no_grad():
-        for head in model.stage_heads:
-            head.class_embed.bias.copy_(torch.tensor([2.5, -2.5]))
-            cross = head.decoder.layers[-1].multihead_attn
-            cross.k.weight.mul_(25)
-            cross.k.bias.copy_(torch.randn(cross.k.bias.shape, generator=g))
+def tiny_checkpoint_setup(tmp, num_images=3, sharpened=True):
+    """A generated ADE-layout dataset under ``tmp``, a config that tests the tiny model
+    on it, and a checkpoint of that model (seed 0).
 
+    Args:
+        sharpened (bool): initialised (``init_weights``) and sharpened so that p0 < 1
+            prunes on random weights; False: the weights as built.
 
-@pytest.fixture(scope='module')
-def tiny_setup(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp('analysis_tools')
-    data_root = make_ade_dataset(tmp / 'ade', num_images=3)
+    Returns:
+        dict: ``tmp``, ``config``, ``ckpt`` (paths) and ``model_cfg``.
+    """
+    data_root = make_ade_dataset(tmp / 'ade', num_images=num_images)
     config, model_cfg = write_config(tmp, data_root)
     init_default_scope('mmseg')
     torch.manual_seed(0)
     model = MODELS.build(model_cfg)
-    model.init_weights()
-    sharpen(model)
+    if sharpened:
+        model.init_weights()
+        sharpen(model, q_scale=1, k_scale=25)
     ckpt = tmp / 'tiny.pth'
     torch.save(dict(state_dict=model.state_dict(), meta=dict()), ckpt)
     return dict(tmp=tmp, config=config, ckpt=str(ckpt), model_cfg=model_cfg)
+
+
+@pytest.fixture(scope='module')
+def tiny_setup(tmp_path_factory):
+    return tiny_checkpoint_setup(tmp_path_factory.mktemp('analysis_tools'))
 
 
 def test_get_flops_tiny_config_matches_analytic(tiny_setup, tmp_path):

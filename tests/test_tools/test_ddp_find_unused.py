@@ -1,4 +1,4 @@
-"""DDP's ``find_unused_parameters`` from the model (issue 17).
+"""DDP's ``find_unused_parameters`` from the model.
 
 ``find_unused_parameters = None`` (the runtime base) lets DToPRunner ask the model:
 a DToP model uses every trainable parameter in every training step (all heads

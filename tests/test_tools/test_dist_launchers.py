@@ -149,7 +149,7 @@ def test_launchers_are_executable():
         assert os.access(path, os.X_OK), f'{path} is not executable'
 
 
-# ------------------------------------------------ PORT, NNODES > 1 (issue 17)
+# ------------------------------------------------ PORT, NNODES > 1
 def error_lines(proc):
     return [ln for ln in proc.stderr.splitlines() if 'error:' in ln]
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from _tiny_runs import ROOT, check, make_tiny_ade, read_scalars, run_launcher
+from _tiny_runs import ROOT, TINY_DATA_CFG, check, make_tiny_ade, read_scalars, run_launcher
 
 pytestmark = pytest.mark.slow
 
@@ -62,17 +62,7 @@ train_pipeline = [
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
     dict(type='PackSegInputs'),
 ]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=img_scale, keep_ratio=True),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='PackSegInputs'),
-]
-train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
-                        dataset=dict(data_root=data_root, pipeline=train_pipeline))
-val_dataloader = dict(num_workers=0, persistent_workers=False,
-                      dataset=dict(data_root=data_root, pipeline=test_pipeline))
-test_dataloader = val_dataloader
+''' + TINY_DATA_CFG + '''\
 train_cfg = dict(max_iters={iters}, val_interval=1000)
 param_scheduler = [dict(type='PolyLR', power=0.9, eta_min=0.0, by_epoch=False, begin=0,
                         end={iters})]

@@ -1,4 +1,4 @@
-"""Every user fault of issue 17 ends in ONE ``error:`` line (docs/robustness.md,
+"""Every user fault ends in ONE ``error:`` line (docs/robustness.md,
 "User errors and bugs"): the tool's ``main`` runs through ``run_cli`` in-process,
 exits non-zero, prints exactly one ``error:`` line that names the file / value and
 the fix, and no traceback, unless ``DTOP_TRACEBACK=1`` (then the exception
@@ -6,7 +6,6 @@ propagates, with its traceback). Bugs keep their traceback.
 
 One test per row of the issue's table; tiny config, data and checkpoint generated
 here (``_tiny_runs``)."""
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -20,29 +19,14 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
-from _tiny_runs import PRUNE_CONFIG, ROOT, make_tiny_ade, write_tiny_config
+from _tiny_runs import PRUNE_CONFIG, ROOT, load_tools, make_tiny_ade, write_tiny_config
 from dtop.utils.errors import (DataError, OptionError, _stop_dataloader_workers, run_cli,
                                user_error_message)
 
 
-def _load(rel):
-    name = 'ole_' + rel.replace('/', '_').replace('.py', '')
-    spec = importlib.util.spec_from_file_location(name, ROOT / rel)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-TOOLS = {name: _load(rel) for name, rel in (
-    ('test', 'tools/test.py'), ('train', 'tools/train.py'),
-    ('demo', 'demo/image_demo.py'), ('benchmark', 'tools/analysis_tools/benchmark.py'),
-    ('get_flops', 'tools/analysis_tools/get_flops.py'),
-    ('check_dataset', 'tools/misc/check_dataset.py'),
-    ('print_config', 'tools/misc/print_config.py'),
-    ('confusion_matrix', 'tools/analysis_tools/confusion_matrix.py'),
-    ('browse_dataset', 'tools/analysis_tools/browse_dataset.py'),
-    ('sweep_threshold', 'tools/analysis_tools/sweep_threshold.py'),
-    ('ablate_exit_policy', 'tools/analysis_tools/ablate_exit_policy.py'))}
+TOOLS = load_tools('ole', 'test', 'train', 'demo', 'benchmark', 'get_flops', 'check_dataset',
+                   'print_config', 'confusion_matrix', 'browse_dataset', 'sweep_threshold',
+                   'ablate_exit_policy')
 
 
 @pytest.fixture(scope='module')

@@ -7,7 +7,6 @@ scheduler and message hub without full unpickling.
 The tools run in process (``main(argv)``, as in test_robustness_cli); the launcher
 (dist_train_load.sh, torchrun) is the one slow subprocess test.
 """
-import importlib.util
 import os
 import shutil
 
@@ -17,7 +16,7 @@ import torch
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 
-from _tiny_runs import BASE_CONFIG, ROOT, check, make_tiny_ade, run_launcher, \
+from _tiny_runs import BASE_CONFIG, check, load_tools, make_tiny_ade, run_launcher, \
     write_tiny_config
 from dtop.engine import DToPRunner
 from dtop.utils.checkpoint import (from_plain_checkpoint, set_trust_checkpoint,
@@ -25,20 +24,8 @@ from dtop.utils.checkpoint import (from_plain_checkpoint, set_trust_checkpoint,
 from dtop.utils.errors import run_cli
 
 
-def _load(rel):
-    spec = importlib.util.spec_from_file_location(f'safe_{rel.replace("/", "_")[:-3]}',
-                                                  ROOT / rel)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-TOOLS = {name: _load(rel) for name, rel in (
-    ('test', 'tools/test.py'), ('train', 'tools/train.py'),
-    ('demo', 'demo/image_demo.py'), ('benchmark', 'tools/analysis_tools/benchmark.py'),
-    ('sweep', 'tools/analysis_tools/sweep_threshold.py'),
-    ('confusion', 'tools/analysis_tools/confusion_matrix.py'),
-    ('publish', 'tools/misc/publish_model.py'))}
+TOOLS = load_tools('safe', 'test', 'train', 'demo', 'benchmark', sweep='sweep_threshold',
+                   confusion='confusion_matrix', publish='publish_model')
 
 
 class _Touch:

@@ -9,31 +9,29 @@ from mmseg.registry import MODELS
 
 from dtop.utils import timing
 from dtop.utils.errors import CheckpointMismatchError
-from test_analysis_tools import load_tool, make_ade_dataset, write_config
+from test_analysis_tools import load_tool, tiny_checkpoint_setup
 
 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp('sweep_rob')
-    data_root = make_ade_dataset(tmp / 'ade', num_images=2)
-    config, model_cfg = write_config(tmp, data_root)
-    init_default_scope('mmseg')
-    torch.manual_seed(0)
-    model = MODELS.build(model_cfg)
-    ckpt = tmp / 'tiny.pth'
-    torch.save(dict(state_dict=model.state_dict()), ckpt)
-    return dict(config=config, ckpt=str(ckpt), model_cfg=model_cfg, tmp=tmp)
+    return tiny_checkpoint_setup(tmp_path_factory.mktemp('sweep_rob'), num_images=2,
+                                 sharpened=False)
+
+
+def fake_load(monkeypatch, loadavg_1m, others_cpu_frac, own_cpu_frac):
+    """``timing.LoadMonitor`` reports this load (2 CPUs, 1 s) for every run."""
+
+    class FakeMonitor:
+        def stop(self):
+            return dict(loadavg_1m=loadavg_1m, cpus=2.0, others_cpu_frac=others_cpu_frac,
+                        own_cpu_frac=own_cpu_frac, wall_s=1.0)
+
+    monkeypatch.setattr(timing, 'LoadMonitor', FakeMonitor)
 
 
 def test_busy_machine_and_spread_are_reported(setup, tmp_path, monkeypatch):
     sweep = load_tool('sweep_threshold')
-
-    class BusyMonitor:
-        def stop(self):
-            return dict(loadavg_1m=3.2, cpus=2.0, others_cpu_frac=0.6, own_cpu_frac=0.4,
-                        wall_s=1.0)
-
-    monkeypatch.setattr(timing, 'LoadMonitor', BusyMonitor)
+    fake_load(monkeypatch, loadavg_1m=3.2, others_cpu_frac=0.6, own_cpu_frac=0.4)
     work = tmp_path / 'sweep'
     rows = sweep.main([setup['config'], setup['ckpt'], '--thresholds', '1.0',
                        '--repeats', '2', '--max-spread', '0', '--work-dir', str(work)])
@@ -49,13 +47,7 @@ def test_busy_machine_and_spread_are_reported(setup, tmp_path, monkeypatch):
 
 def test_quiet_single_run_has_no_spread_warning(setup, tmp_path, monkeypatch):
     sweep = load_tool('sweep_threshold')
-
-    class IdleMonitor:
-        def stop(self):
-            return dict(loadavg_1m=0.1, cpus=2.0, others_cpu_frac=0.0, own_cpu_frac=0.5,
-                        wall_s=1.0)
-
-    monkeypatch.setattr(timing, 'LoadMonitor', IdleMonitor)
+    fake_load(monkeypatch, loadavg_1m=0.1, others_cpu_frac=0.0, own_cpu_frac=0.5)
     rows = sweep.main([setup['config'], setup['ckpt'], '--thresholds', '0.9',
                        '--work-dir', str(tmp_path / 's')])
     assert rows[0]['warnings'] == [] and rows[0]['s_per_img_spread'] == 0.0

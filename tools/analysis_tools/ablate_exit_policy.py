@@ -56,6 +56,7 @@ NEAR_ONE = 1.0 - 1e-6
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     from dtop.utils.benchmarking import p0_type
+    from dtop.utils.cli import add_cfg_options_arg, add_partial_load_arg, add_trust_checkpoint_arg
     p = argparse.ArgumentParser(
         description='mIoU vs GFLOPs of confidence-based exit (DToP) against fixed-ratio '
         'and random exit at matched per-stage keep ratios')
@@ -71,15 +72,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--num-images', type=int, default=None,
                    help='evaluate only the first N test images (quick looks)')
     p.add_argument('--seed', type=int, default=0, help='seed of the random policies')
-    p.add_argument('--allow-partial-load', action='store_true',
-                   help='use a checkpoint whose keys or shapes do not all match the '
-                   'config (default: stop with the first mismatches)')
-    p.add_argument('--trust-checkpoint', action='store_true',
-                   help='unpickle the checkpoint fully (can run code a file carries; only '
-                   'for files you trust). Default: the safe loader (tensors and plain '
-                   'data only)')
-    p.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
-                   help='override config settings (mmengine syntax)')
+    add_partial_load_arg(p)
+    add_trust_checkpoint_arg(p)
+    add_cfg_options_arg(p, checked=False)
     return p.parse_args(argv)
 
 

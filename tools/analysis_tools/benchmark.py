@@ -61,6 +61,8 @@ import torch  # noqa: E402
 
 from dtop.utils.benchmarking import (attention_padding_flops, cpu_name,  # noqa: E402
                                      real_crops, sync)
+from dtop.utils.cli import (add_cfg_options_arg, add_partial_load_arg,  # noqa: E402
+                            add_trust_checkpoint_arg)
 
 VARIANTS = ('dense', 'dense+aux', 'p0=1', 'pruned')
 DEFAULT_VARIANTS = ('dense', 'dense+aux', 'pruned')
@@ -104,15 +106,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out', help='write the results as JSON here')
-    p.add_argument('--allow-partial-load', action='store_true',
-                   help='time a checkpoint whose keys or shapes do not all match the '
-                   'model (default: stop with the first mismatches)')
-    p.add_argument('--trust-checkpoint', action='store_true',
-                   help='unpickle the checkpoint fully (can run code a file carries; only '
-                   'for files you trust). Default: the safe loader (tensors and plain '
-                   'data only)')
-    p.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
-                   help='override config settings (mmengine syntax)')
+    add_partial_load_arg(p, 'time a checkpoint whose keys or shapes do not all match the '
+                         'model (default: stop with the first mismatches)')
+    add_trust_checkpoint_arg(p)
+    add_cfg_options_arg(p, checked=False)
     return p.parse_args(argv)
 
 

@@ -28,11 +28,9 @@ if ROOT not in sys.path:
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    from dtop.utils.config import CfgOptionsAction
-    parser = argparse.ArgumentParser(
-        description='Save samples of a dataset split after the pipeline, with their labels '
-        'drawn.', epilog=__doc__.split('Examples::', 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    from dtop.utils.cli import add_cfg_options_arg, tool_parser
+    parser = tool_parser('Save samples of a dataset split after the pipeline, with their '
+                         'labels drawn.', __doc__)
     parser.add_argument('config', help='config file')
     parser.add_argument('--output-dir', required=True, help='where the pictures go')
     parser.add_argument('--split', choices=['train', 'val', 'test'], default='train',
@@ -44,8 +42,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='opacity of the label colours, in [0, 1] (default 0.5)')
     parser.add_argument('--show', action='store_true',
                         help='also open each picture in a window (needs a display)')
-    parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction, metavar='KEY=VALUE',
-                        help='override config settings (mmengine syntax)')
+    add_cfg_options_arg(parser)
     args = parser.parse_args(argv)
     if args.num is not None and args.num < 1:
         parser.error(f'--num must be >= 1, got {args.num}')

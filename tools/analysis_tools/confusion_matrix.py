@@ -36,11 +36,9 @@ if ROOT not in sys.path:
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    from dtop.utils.config import CfgOptionsAction
-    parser = argparse.ArgumentParser(
-        description='Confusion matrix (PNG + normalised matrix files) of a model on the '
-        'test or val split.', epilog=__doc__.split('Examples::', 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    from dtop.utils.cli import add_cfg_options_arg, add_trust_checkpoint_arg, tool_parser
+    parser = tool_parser('Confusion matrix (PNG + normalised matrix files) of a model on the '
+                         'test or val split.', __doc__)
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint file (loaded strictly)')
     parser.add_argument('--out-dir', required=True, help='where the PNG, CSV and JSON go')
@@ -53,13 +51,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         '(the files keep all classes)')
     parser.add_argument('--device', default=None,
                         help='cpu or cuda (default: cuda when available)')
-    parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction, metavar='KEY=VALUE',
-                        help='override config settings (mmengine syntax), e.g. '
+    add_cfg_options_arg(parser, 'override config settings (mmengine syntax), e.g. '
                         'model.prune_threshold=0.9')
-    parser.add_argument('--trust-checkpoint', action='store_true',
-                        help='unpickle the checkpoint fully (can run code a file carries; only '
-                        'for files you trust). Default: the safe loader (tensors and plain '
-                        'data only)')
+    add_trust_checkpoint_arg(parser)
     args = parser.parse_args(argv)
     if args.num_images is not None and args.num_images < 1:
         parser.error(f'--num-images must be >= 1, got {args.num_images}')

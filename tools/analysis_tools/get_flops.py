@@ -29,6 +29,7 @@ if ROOT not in sys.path:
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    from dtop.utils.cli import add_cfg_options_arg
     parser = argparse.ArgumentParser(description='Static GFLOPs of a DToP model')
     parser.add_argument('config', help='config file')
     parser.add_argument('--shape', type=int, nargs='+', default=None,
@@ -40,8 +41,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--no-mmseg', action='store_true',
                         help='do not count mmseg\'s dense model of the same config')
     parser.add_argument('--out', help='also write the numbers to this JSON file')
-    parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
-                        help='override config settings (mmengine syntax)')
+    add_cfg_options_arg(parser, checked=False)
     return parser.parse_args(argv)
 
 

@@ -45,6 +45,7 @@ COLUMNS = ['p0', 'mIoU', 'aAcc', 'GFLOPs_img', 'GFLOPs_img_std', 'GFLOPs_img_noa
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     from dtop.utils.benchmarking import p0_type
+    from dtop.utils.cli import add_cfg_options_arg, add_partial_load_arg, add_trust_checkpoint_arg
     p = argparse.ArgumentParser(description='mIoU / GFLOPs / time vs p0')
     p.add_argument('config', help='config file')
     p.add_argument('checkpoint', help='checkpoint to evaluate')
@@ -56,21 +57,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--max-spread', type=float, default=None,
                    help='warn when the repeats of a p0 disagree by more than this '
                    'fraction (default: dtop.utils.timing.DEFAULT_MAX_SPREAD)')
-    p.add_argument('--allow-partial-load', action='store_true',
-                   help='use a checkpoint whose keys or shapes do not all match the '
-                   'config (default: stop with the first mismatches)')
-    p.add_argument('--trust-checkpoint', action='store_true',
-                   help='unpickle the checkpoint fully (can run code a file carries; only '
-                   'for files you trust). Default: the safe loader (tensors and plain '
-                   'data only)')
+    add_partial_load_arg(p)
+    add_trust_checkpoint_arg(p)
     p.add_argument('--work-dir', default=None,
                    help='output folder (default: work_dirs/sweep_<config name>)')
     p.add_argument('--num-images', type=int, default=None,
                    help='evaluate only the first N test images (quick looks)')
     p.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default=None,
                    help='inference precision (autocast; default: the config\'s, fp32)')
-    p.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
-                   help='override config settings (mmengine syntax)')
+    add_cfg_options_arg(p, checked=False)
     return p.parse_args(argv)
 
 

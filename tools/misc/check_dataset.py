@@ -31,7 +31,7 @@ SPLITS = ('train', 'val', 'test')
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    from dtop.utils.config import CfgOptionsAction
+    from dtop.utils.cli import add_cfg_options_arg
     p = argparse.ArgumentParser(description='Decode every sample of a dataset split and '
                                 'report bad files (exit 1 on problems)')
     p.add_argument('config', help='config file')
@@ -39,9 +39,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help='which dataloader\'s dataset to check (default: test)')
     p.add_argument('--show', type=int, default=5,
                    help='file names shown per kind of problem (default 5)')
-    p.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction,
-                   help='override config settings, e.g. '
-                   'test_dataloader.dataset.data_root=PATH')
+    add_cfg_options_arg(p, 'override config settings, e.g. '
+                        'test_dataloader.dataset.data_root=PATH', metavar=None)
     return p.parse_args(argv)
 
 

@@ -24,11 +24,9 @@ if ROOT not in sys.path:
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    from dtop.utils.config import CfgOptionsAction
-    parser = argparse.ArgumentParser(
-        description='Print the resolved config (all _base_ files merged, --cfg-options '
-        'applied).', epilog=__doc__.split('Examples::', 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    from dtop.utils.cli import add_cfg_options_arg, tool_parser
+    parser = tool_parser('Print the resolved config (all _base_ files merged, --cfg-options '
+                         'applied).', __doc__)
     parser.add_argument('config', help='config file')
     parser.add_argument('--key', help='print only this part, a dotted path '
                         '(e.g. model.backbone, param_scheduler, train_dataloader.dataset)')
@@ -36,8 +34,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='py: the config as Python (default); json: as JSON')
     parser.add_argument('--out', help='also write the whole resolved config to this file '
                         '(.py, .json or .yaml)')
-    parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction, metavar='KEY=VALUE',
-                        help='override settings, mmengine syntax: key=value, '
+    add_cfg_options_arg(parser, 'override settings, mmengine syntax: key=value, '
                         'a.b.c=value, list values as key="[a,b]"')
     return parser.parse_args(argv)
 

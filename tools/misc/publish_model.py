@@ -35,19 +35,15 @@ KEEP = ('state_dict', 'meta')
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description='Strip the training state from a checkpoint and put its sha256 '
-        'prefix in the file name.', epilog=__doc__.split('Examples::', 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    from dtop.utils.cli import add_trust_checkpoint_arg, tool_parser
+    parser = tool_parser('Strip the training state from a checkpoint and put its sha256 '
+                         'prefix in the file name.', __doc__)
     parser.add_argument('in_file', help='checkpoint written by training (iter_*.pth)')
     parser.add_argument('out_file', help='output name; "-<hash8>" is added before .pth')
     parser.add_argument('--config', help='check that the weights load exactly (no missing '
                         'or unexpected key, no shape mismatch) into the model of this '
                         'config before publishing')
-    parser.add_argument('--trust-checkpoint', action='store_true',
-                        help='unpickle the checkpoint fully (can run code a file carries; only '
-                        'for files you trust). Default: the safe loader (tensors and plain '
-                        'data only)')
+    add_trust_checkpoint_arg(parser)
     return parser.parse_args(argv)
 
 

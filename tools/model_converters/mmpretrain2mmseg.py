@@ -19,9 +19,7 @@ Usage::
 
     python tools/model_converters/mmpretrain2mmseg.py SRC DST [--keep-final-norm]
 """
-import argparse
 import os.path as osp
-import re
 import sys
 from collections import OrderedDict
 from typing import List, Mapping, Optional, Tuple
@@ -30,8 +28,9 @@ import torch
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from vit2mmseg import (ConversionError, StateDict, _as_tensor,  # noqa: E402
-                       load_checkpoint_file, pos_embed_with_cls_slot, save_state_dict,
-                       summarize, unwrap_state_dict)
+                       convert_and_save, convert_cls_and_pos_embed, convert_layers,
+                       convert_pre_norm, converter_main, converter_parser,
+                       load_checkpoint_file, unwrap_state_dict)
 
 _LAYER_MAP = {
     'ln1.weight': 'ln1.weight',
@@ -105,15 +104,9 @@ def convert_mmpretrain_vit(state_dict: Mapping, keep_final_norm: bool = False
     notes: List[str] = []
     done = set()
     embed_dims = sd['patch_embed.projection.weight'].shape[0]
-    has_cls = 'cls_token' in sd
-    out['cls_token'] = sd['cls_token'] if has_cls else torch.zeros(1, 1, embed_dims)
-    if not has_cls:
-        notes.append('no cls_token in the source (with_cls_token=False): wrote zeros '
-                     '(DToP never uses it)')
-    pos, added = pos_embed_with_cls_slot(sd['pos_embed'], has_cls)
-    if added:
-        notes.append('pos_embed had no cls slot: prepended a zero slot')
-    out['pos_embed'] = pos
+    convert_cls_and_pos_embed(sd, out, notes, embed_dims,
+                              'no cls_token in the source (with_cls_token=False): wrote '
+                              'zeros (DToP never uses it)')
     out['patch_embed.projection.weight'] = sd['patch_embed.projection.weight']
     if 'patch_embed.projection.bias' in sd:
         out['patch_embed.projection.bias'] = sd['patch_embed.projection.bias']
@@ -122,35 +115,9 @@ def convert_mmpretrain_vit(state_dict: Mapping, keep_final_norm: bool = False
         notes.append('patch embedding had no bias (pre_norm=True models): wrote zeros')
     done.update(['cls_token', 'pos_embed', 'patch_embed.projection.weight',
                  'patch_embed.projection.bias'])
-    if 'pre_norm.weight' in sd:
-        out['ln_pre.weight'] = sd['pre_norm.weight']
-        out['ln_pre.bias'] = sd['pre_norm.bias']
-        done.update(['pre_norm.weight', 'pre_norm.bias'])
-        notes.append('source has pre_norm: kept as ln_pre (build the backbone with '
-                     'pre_norm=True)')
-
-    ids = sorted({int(m.group(1)) for k in sd for m in [re.match(r'layers\.(\d+)\.', k)] if m})
-    if not ids or ids != list(range(len(ids))):
-        raise ConversionError(f'transformer layers must be layers.0..layers.L-1, got {ids}')
-    no_qkv_bias = no_proj_bias = False
-    for i in ids:
-        for src, dst in _LAYER_MAP.items():
-            sk, dk = f'layers.{i}.{src}', f'layers.{i}.{dst}'
-            if sk in sd:
-                out[dk] = sd[sk]
-                done.add(sk)
-            elif src == 'attn.qkv.bias':
-                out[dk] = torch.zeros(3 * embed_dims)
-                no_qkv_bias = True
-            elif src == 'attn.proj.bias':
-                out[dk] = torch.zeros(embed_dims)
-                no_proj_bias = True
-            else:
-                raise ConversionError(f'missing "{sk}" in the mmpretrain state dict')
-    if no_qkv_bias:
-        notes.append('qkv had no bias (qkv_bias=False): wrote zeros')
-    if no_proj_bias:
-        notes.append('attention proj had no bias (proj_bias=False): wrote zeros')
+    convert_pre_norm(sd, out, done, notes, 'pre_norm')
+    convert_layers(sd, out, done, notes, _LAYER_MAP, 'layers', embed_dims, 'mmpretrain',
+                   zero_filled=('attn.qkv.bias', 'attn.proj.bias'))
 
     for k in sd:
         if k in done:
@@ -179,36 +146,20 @@ def convert_file(src: str, dst: Optional[str] = None, keep_final_norm: bool = Fa
         tuple: as :func:`convert_mmpretrain_vit`.
     """
     sd = unwrap_state_dict(load_checkpoint_file(src, trust=trust))
-    out, dropped, notes = convert_mmpretrain_vit(sd, keep_final_norm=keep_final_norm)
-    if dst is not None:
-        save_state_dict(out, dst)
-    return out, dropped, notes
+    return convert_and_save(convert_mmpretrain_vit, sd, dst, keep_final_norm)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description='Convert an mmpretrain VisionTransformer checkpoint to mmseg/DToP '
-                    'backbone keys.')
-    parser.add_argument('src', help='mmpretrain checkpoint (.pth)')
-    parser.add_argument('dst', help='output .pth (bare state dict)')
-    parser.add_argument('--keep-final-norm', action='store_true',
-                        help='keep the final norm as ln1.* (mmseg final_norm=True models)')
-    parser.add_argument('--trust-checkpoint', action='store_true',
-                        help='torch.load(weights_only=False): needed for checkpoints that '
-                             'pickle more than tensors (e.g. numpy objects in meta); runs '
-                             'code from the file, so only for trusted files')
-    return parser.parse_args(argv)
+    return converter_parser(
+        'Convert an mmpretrain VisionTransformer checkpoint to mmseg/DToP backbone keys.',
+        'mmpretrain checkpoint (.pth)',
+        'torch.load(weights_only=False): needed for checkpoints that pickle more than '
+        'tensors (e.g. numpy objects in meta); runs code from the file, so only for '
+        'trusted files').parse_args(argv)
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
-    try:
-        out, dropped, notes = convert_file(args.src, args.dst, args.keep_final_norm,
-                                           args.trust_checkpoint)
-    except (ConversionError, FileNotFoundError) as e:
-        raise SystemExit(f'error: {args.src}: {e}')
-    print(summarize(out, dropped, notes))
-    print(f'saved to {args.dst}')
+    converter_main(parse_args(argv), convert_file)
 
 
 if __name__ == '__main__':

@@ -207,6 +207,88 @@ def pos_embed_with_cls_slot(pos_embed: torch.Tensor,
     return torch.cat([zero, pos_embed], dim=1), True
 
 
+# ------------------------------------------------------- steps shared with mmpretrain2mmseg
+#: attention biases a source may lack: zeros of (this many) x embed_dims, and the note
+_ZERO_FILLED_BIASES = {
+    'attn.qkv.bias': (3, 'qkv had no bias (qkv_bias=False): wrote zeros'),
+    'attn.proj.bias': (1, 'attention proj had no bias (proj_bias=False): wrote zeros'),
+}
+
+
+def convert_cls_and_pos_embed(sd: Mapping, out: StateDict, notes: List[str],
+                              embed_dims: int, no_cls_note: str) -> None:
+    """Write ``cls_token`` and ``pos_embed`` (with a cls slot) to ``out``.
+
+    A source without cls token gets a zero one (noted with ``no_cls_note``); a
+    position embedding without cls slot gets a zero slot
+    (:func:`pos_embed_with_cls_slot`, noted).
+    """
+    has_cls = 'cls_token' in sd
+    out['cls_token'] = sd['cls_token'] if has_cls else torch.zeros(1, 1, embed_dims)
+    if not has_cls:
+        notes.append(no_cls_note)
+    pos, added = pos_embed_with_cls_slot(sd['pos_embed'], has_cls)
+    if added:
+        notes.append('pos_embed had no cls slot: prepended a zero slot')
+    out['pos_embed'] = pos
+
+
+def convert_pre_norm(sd: Mapping, out: StateDict, done: set, notes: List[str],
+                     name: str) -> None:
+    """Keep the source's norm before the first layer (``name``: timm's ``norm_pre``,
+    mmpretrain's ``pre_norm``) as mmseg's ``ln_pre``, noted."""
+    if f'{name}.weight' in sd:
+        out['ln_pre.weight'] = sd[f'{name}.weight']
+        out['ln_pre.bias'] = sd[f'{name}.bias']
+        done.update([f'{name}.weight', f'{name}.bias'])
+        notes.append(f'source has {name}: kept as ln_pre (build the backbone with '
+                     'pre_norm=True)')
+
+
+def convert_layers(sd: Mapping, out: StateDict, done: set, notes: List[str],
+                   layer_map: Mapping[str, str], prefix: str, embed_dims: int, source: str,
+                   zero_filled: Tuple[str, ...] = ('attn.qkv.bias', )) -> None:
+    """Map every transformer layer ``{prefix}.i.<src>`` to mmseg's ``layers.i.<dst>``.
+
+    Args:
+        layer_map (Mapping): ``{src: dst}`` key suffixes of one layer.
+        prefix (str): the source's layer prefix (``'blocks'``, ``'layers'``).
+        source (str): the source's name in error messages (``'timm'``, ...).
+        zero_filled (tuple): biases of :data:`_ZERO_FILLED_BIASES` written as zeros
+            (one note per kind) when missing; any other missing key is an error.
+
+    Raises:
+        ConversionError: layers not numbered 0..L-1, or a missing key.
+    """
+    ids = sorted({int(m.group(1)) for k in sd for m in [re.match(rf'{prefix}\.(\d+)\.', k)]
+                  if m})
+    if not ids or ids != list(range(len(ids))):
+        raise ConversionError(f'transformer {prefix} must be {prefix}.0..{prefix}.L-1, '
+                              f'got {ids}')
+    filled = set()
+    for i in ids:
+        for src, dst in layer_map.items():
+            sk, dk = f'{prefix}.{i}.{src}', f'layers.{i}.{dst}'
+            if sk in sd:
+                out[dk] = sd[sk]
+                done.add(sk)
+            elif src in zero_filled:
+                out[dk] = torch.zeros(_ZERO_FILLED_BIASES[src][0] * embed_dims)
+                filled.add(src)
+            else:
+                raise ConversionError(f'missing "{sk}" in the {source} state dict')
+    notes += [note for src, (_, note) in _ZERO_FILLED_BIASES.items() if src in filled]
+
+
+def convert_and_save(convert, state_dict: Mapping, dst: Optional[str],
+                     keep_final_norm: bool) -> Tuple[StateDict, List[str], List[str]]:
+    """``convert(state_dict, keep_final_norm=...)``, saved to ``dst`` unless None."""
+    out, dropped, notes = convert(state_dict, keep_final_norm=keep_final_norm)
+    if dst is not None:
+        save_state_dict(out, dst)
+    return out, dropped, notes
+
+
 # ----------------------------------------------------------------------------- npz
 def _npz_prefix(w: Mapping) -> str:
     for prefix in ('', 'opt/target/', 'params/'):
@@ -345,45 +427,16 @@ def convert_timm_vit(state_dict: Mapping, keep_final_norm: bool = False
     done = set()
     embed_dims = sd['patch_embed.proj.weight'].shape[0]
 
-    has_cls = 'cls_token' in sd
-    out['cls_token'] = sd['cls_token'] if has_cls else torch.zeros(1, 1, embed_dims)
-    if not has_cls:
-        notes.append('no cls_token in the source: wrote zeros (DToP never uses it)')
-    pos, added = pos_embed_with_cls_slot(sd['pos_embed'], has_cls)
-    if added:
-        notes.append('pos_embed had no cls slot: prepended a zero slot')
-    out['pos_embed'] = pos
+    convert_cls_and_pos_embed(sd, out, notes, embed_dims,
+                              'no cls_token in the source: wrote zeros (DToP never uses it)')
     out['patch_embed.projection.weight'] = sd['patch_embed.proj.weight']
     out['patch_embed.projection.bias'] = sd.get('patch_embed.proj.bias',
                                                 torch.zeros(embed_dims))
     if 'patch_embed.proj.bias' not in sd:
         notes.append('patch embedding had no bias: wrote zeros')
     done.update(['cls_token', 'pos_embed', 'patch_embed.proj.weight', 'patch_embed.proj.bias'])
-    if 'norm_pre.weight' in sd:
-        out['ln_pre.weight'] = sd['norm_pre.weight']
-        out['ln_pre.bias'] = sd['norm_pre.bias']
-        done.update(['norm_pre.weight', 'norm_pre.bias'])
-        notes.append('source has norm_pre: kept as ln_pre (build the backbone with '
-                     'pre_norm=True)')
-
-    block_ids = sorted({int(m.group(1)) for k in sd for m in [re.match(r'blocks\.(\d+)\.', k)]
-                        if m})
-    if block_ids != list(range(len(block_ids))) or not block_ids:
-        raise ConversionError(f'transformer blocks must be blocks.0..blocks.L-1, got {block_ids}')
-    no_qkv_bias = False
-    for i in block_ids:
-        for src, dst in _TIMM_BLOCK_MAP.items():
-            sk, dk = f'blocks.{i}.{src}', f'layers.{i}.{dst}'
-            if sk in sd:
-                out[dk] = sd[sk]
-                done.add(sk)
-            elif src == 'attn.qkv.bias':
-                out[dk] = torch.zeros(3 * embed_dims)
-                no_qkv_bias = True
-            else:
-                raise ConversionError(f'missing "{sk}" in the timm state dict')
-    if no_qkv_bias:
-        notes.append('qkv had no bias (qkv_bias=False): wrote zeros')
+    convert_pre_norm(sd, out, done, notes, 'norm_pre')
+    convert_layers(sd, out, done, notes, _TIMM_BLOCK_MAP, 'blocks', embed_dims, 'timm')
 
     for k in sd:
         if k in done:
@@ -416,10 +469,7 @@ def convert_file(src: str, dst: Optional[str] = None, keep_final_norm: bool = Fa
     """
     raw = load_checkpoint_file(src, trust=trust)
     sd = jax_npz_to_timm(raw) if src.endswith('.npz') else unwrap_state_dict(raw)
-    out, dropped, notes = convert_timm_vit(sd, keep_final_norm=keep_final_norm)
-    if dst is not None:
-        save_state_dict(out, dst)
-    return out, dropped, notes
+    return convert_and_save(convert_timm_vit, sd, dst, keep_final_norm)
 
 
 def summarize(out: StateDict, dropped: List[str], notes: List[str]) -> str:
@@ -438,23 +488,22 @@ def summarize(out: StateDict, dropped: List[str], notes: List[str]) -> str:
     return '\n'.join(lines)
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description='Convert a timm / AugReg (jax .npz) ViT checkpoint to mmseg/DToP '
-                    'backbone keys.')
-    parser.add_argument('src', help='source checkpoint (.pth/.bin/.safetensors/.npz)')
+def converter_parser(description: str, src_help: str,
+                     trust_help: str) -> argparse.ArgumentParser:
+    """The command line of the converters: ``SRC DST [--keep-final-norm]
+    [--trust-checkpoint]``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument('src', help=src_help)
     parser.add_argument('dst', help='output .pth (bare state dict)')
     parser.add_argument('--keep-final-norm', action='store_true',
                         help='keep the final norm as ln1.* (mmseg final_norm=True models)')
-    parser.add_argument('--trust-checkpoint', action='store_true',
-                        help='torch.load(weights_only=False): needed for files that pickle '
-                             'more than tensors; runs code from the file, so only for '
-                             'trusted files')
-    return parser.parse_args(argv)
+    parser.add_argument('--trust-checkpoint', action='store_true', help=trust_help)
+    return parser
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
+def converter_main(args: argparse.Namespace, convert_file) -> None:
+    """Run ``convert_file`` on the parsed command line and print the report; a file
+    that cannot be converted ends in one ``error:`` line."""
     try:
         out, dropped, notes = convert_file(args.src, args.dst, args.keep_final_norm,
                                            args.trust_checkpoint)
@@ -462,6 +511,18 @@ def main(argv=None) -> None:
         raise SystemExit(f'error: {args.src}: {e}')
     print(summarize(out, dropped, notes))
     print(f'saved to {args.dst}')
+
+
+def parse_args(argv=None):
+    return converter_parser(
+        'Convert a timm / AugReg (jax .npz) ViT checkpoint to mmseg/DToP backbone keys.',
+        'source checkpoint (.pth/.bin/.safetensors/.npz)',
+        'torch.load(weights_only=False): needed for files that pickle more than tensors; '
+        'runs code from the file, so only for trusted files').parse_args(argv)
+
+
+def main(argv=None) -> None:
+    converter_main(parse_args(argv), convert_file)
 
 
 if __name__ == '__main__':

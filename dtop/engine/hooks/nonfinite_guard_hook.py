@@ -22,15 +22,16 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmseg.registry import HOOKS
 
-from dtop.utils.checkpoint import describe_non_finite, non_finite_tensors
 from dtop.utils.errors import NonFiniteError, OptionError
+from dtop.utils.nonfinite import describe_non_finite, non_finite_tensors
 
 __all__ = ['NonFiniteGuardHook', 'check_finite_before_save', 'last_good_checkpoint']
 
 
 def last_good_checkpoint(work_dir: str) -> Optional[str]:
     """The complete checkpoint ``WORK_DIR/last_checkpoint`` names, or None."""
-    from dtop.utils.checkpoint import _read_pointer, diagnose_checkpoint_file
+    from dtop.utils.checkpoint_read import diagnose_checkpoint_file
+    from dtop.utils.checkpoint_resume import _read_pointer
     pointer = osp.join(work_dir, 'last_checkpoint')
     if not osp.isfile(pointer):
         return None
@@ -55,7 +56,7 @@ def check_finite_before_save(model, target: str, work_dir: str) -> None:
     Raises:
         NonFiniteError: naming the first non-finite tensors.
     """
-    from dtop.utils.checkpoint import _unwrap
+    from dtop.utils.checkpoint_fit import _unwrap
     state = _unwrap(model).state_dict()
     bad = non_finite_tensors(state)
     if bad:

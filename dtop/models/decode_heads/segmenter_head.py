@@ -112,15 +112,8 @@ class DToPSegmenterMaskHead(StageHeadMixin, SegmenterMaskTransformerHead):
     def to_pixels(self, seg_map: Tensor, size: Sequence[int],
                   patch_size: Optional[int] = None) -> Tensor:
         """Token-grid mask logits → pixels as mmseg's ``predict_by_feat`` /
-        ``loss_by_feat``: a bilinear resize to ``size``.
-
-        Args:
-            seg_map (Tensor): ``(B, Q, h, w)``.
-            size (Sequence[int]): target ``(H, W)``.
-            patch_size (int, optional): unused (contract signature).
-
-        Returns:
-            Tensor: ``(B, Q, H, W)``.
+        ``loss_by_feat``: a bilinear resize to ``size`` (arguments and result as
+        :meth:`StageHeadMixin.to_pixels`; ``patch_size`` is unused).
         """
         return resize(seg_map, size=tuple(int(s) for s in size), mode='bilinear',
                       align_corners=self.align_corners)

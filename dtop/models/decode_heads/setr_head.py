@@ -194,15 +194,8 @@ class DToPSETRUPHead(StageHeadMixin, SETRUPHead):
         ``int(h * up_scale)``), then mmseg's
         ``resize`` to ``size`` (the image or label size). The patch size is not
         needed: mmseg maps the (possibly corner-padded) grid onto ``size`` by
-        resizing.
-
-        Args:
-            seg_map (Tensor): ``(B, Q, h, w)``.
-            size (Sequence[int]): target ``(H, W)``.
-            patch_size (int, optional): unused (contract signature).
-
-        Returns:
-            Tensor: ``(B, Q, H, W)``.
+        resizing. Arguments and result as :meth:`StageHeadMixin.to_pixels`
+        (``patch_size`` is unused).
         """
         up = [int(t * float(self.up_scale)) for t in seg_map.shape[-2:]]
         x = resize(seg_map, up, None, 'bilinear', self.align_corners)

@@ -97,7 +97,17 @@ class StageHeadMixin:
         return canvas
 
     def to_pixels(self, seg_map: Tensor, size: Sequence[int], patch_size: int) -> Tensor:
-        """Token grid → pixels, corner-padding aware (see :func:`grid_to_pixels`)."""
+        """Token grid → pixels, corner-padding aware (see :func:`grid_to_pixels`).
+
+        Args:
+            seg_map (Tensor): ``(B, Q, h, w)``.
+            size (Sequence[int]): target ``(H, W)``.
+            patch_size (int): the backbone's patch size (a head that resizes the
+                grid onto ``size`` may not need it).
+
+        Returns:
+            Tensor: ``(B, Q, H, W)``.
+        """
         return grid_to_pixels(seg_map, size, patch_size, self.align_corners)
 
     def loss_by_canvas(self, out: HeadOutput, canvas: Tensor, batch_data_samples,
