@@ -111,8 +111,7 @@ def validate_model_options(cfg):
         OptionError: naming a NaN, string, negative or wrong-length threshold, a bad
             ``keep_topk_per_class`` or an invalid ``exit_policy``.
     """
-    from dtop.models.pruning import (ConfidenceThreshold, build_exit_policy,
-                                     validate_prune_threshold)
+    from dtop.models.pruning import ConfidenceThreshold, build_exit_policy
     model = _segmentor_cfg(cfg)
     keys = ('prune_threshold', 'keep_topk_per_class', 'exit_policy')
     if model.get('type') != 'DToPEncoderDecoder' and not any(k in model for k in keys):
@@ -121,9 +120,9 @@ def validate_model_options(cfg):
     policy = model.get('exit_policy')
     if policy is not None:
         return build_exit_policy(copy.deepcopy(dict(policy)), num_stages)
-    threshold = model.get('prune_threshold', 1.0)
-    validate_prune_threshold(threshold, num_stages)  # its messages name the value
-    return ConfidenceThreshold(threshold, model.get('keep_topk_per_class', 5)).bind(num_stages)
+    # bind() validates the threshold (validate_prune_threshold's messages name the value)
+    return ConfidenceThreshold(model.get('prune_threshold', 1.0),
+                               model.get('keep_topk_per_class', 5)).bind(num_stages)
 
 
 def set_prune_threshold(cfg, value) -> List[Optional[float]]:

@@ -386,8 +386,8 @@ class DToPEncoderDecoder(BaseSegmentor):
         seg = preds / count_mat
         if not return_stats:
             return seg
-        stats = out.stats(crop_shape)[:1] * B
-        stats = [dict(st, token_counts=torch.stack(counts[b]).cpu(),
+        common = out.stats(crop_shape)[0]  # grid_tokens, crop_shape, heads_run
+        stats = [dict(common, token_counts=torch.stack(counts[b]).cpu(),
                       exit_map=exit_max[b, 0].round().to(torch.uint8).cpu())
-                 for b, st in enumerate(stats)]
+                 for b in range(B)]
         return seg, stats
