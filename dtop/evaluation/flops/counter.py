@@ -107,8 +107,8 @@ class _DenseTrace(object):
                 m = self.model
                 out = run_stage_loop(m.backbone, [*m.auxiliary_head, m.decode_head],
                                      policy, inputs, all_heads=True)
-                seg = m.decode_head.to_pixels(out.final_map, inputs.shape[-2:],
-                                              m.backbone.patch_size)
+                seg = m.decode_head.final_pixels(out.head_outputs[-1][0], out.final_map,
+                                                 inputs.shape[-2:], m.backbone.patch_size)
                 return (seg, ) + tuple(t for item in out.head_outputs if item is not None
                                        for ho, canvas in [item]
                                        for t in (ho.token_values, ho.image_values, canvas)

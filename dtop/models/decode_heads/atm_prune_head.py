@@ -174,7 +174,7 @@ class ATMPruneHead(StageHeadMixin, BaseDecodeHead):
     """
 
     canvas_space = 'atm'
-    supported_spaces = ('atm', 'log_probs')
+    supported_spaces = ('atm', 'log_probs', 'probs')
 
     def __init__(self,
                  in_channels: int,
@@ -254,9 +254,12 @@ class ATMPruneHead(StageHeadMixin, BaseDecodeHead):
         return presence * out.token_values.sigmoid()
 
     def canvas_values(self, out: HeadOutput, segments: Segments, space: str) -> Tensor:
-        """Mask logits (``'atm'``) or log of the score normalised over classes."""
+        """Mask logits (``'atm'``), log of the score normalised over classes
+        (``'log_probs'``) or the score itself (``'probs'``)."""
         if space == 'atm':
             return out.token_values
+        if space == 'probs':
+            return self.token_probs(out, segments)
         if space == 'log_probs':
             scores = self.token_probs(out, segments).clamp_min(1e-12)
             return scores.log() - scores.sum(-1, keepdim=True).log()

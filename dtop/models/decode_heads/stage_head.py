@@ -20,9 +20,14 @@ Every stage head implements:
     logits, or the log of a normalised ATM score); the final map is the canvas
     itself, a ``(B, Q, h, w)`` map of log-probabilities whose per-token softmax is
     the exit head's distribution.
+  - ``'probs'``: per-token, per-class scores in ``[0, 1]`` as :meth:`token_probs`
+    gives them (ATM: ``P_c * sigmoid(mask logit)``); the EoMT head combines them
+    with its own scores (docs/eomt.md).
 
 * :meth:`final_map` — the final map from the canvas (only called on the final head);
 * :meth:`to_pixels` — resize a token-grid map to pixels the way the dense model does;
+* :meth:`final_pixels` — the final map at the input's pixels (default: :meth:`to_pixels`
+  of :meth:`final_map`; EoMT resizes its mask logits before combining them);
 * :meth:`loss_by_canvas` — the head's losses on the canvas of its own space as it
   stands after the head wrote into it (earlier exits included, so later losses
   reach earlier heads through the exited positions, as in the official code);
@@ -32,10 +37,14 @@ Every stage head implements:
   The cost model (:mod:`dtop.evaluation.flops`) sums what the heads declare and
   knows no head class; the FLOP-counter tests check each head's declaration.
 
+A head that needs to know *where* its tokens lie (EoMT: convolutions on the token
+grid, the prefix tokens in its blocks) sets ``reads_grid = True``; the stage loop
+then also passes ``grid=`` a :class:`TokenGrid`.
+
 Heads keep no state between calls.
 """
 from dataclasses import dataclass
-from typing import Dict, Optional, Protocol, Sequence, runtime_checkable
+from typing import Dict, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -44,7 +53,28 @@ from ..cost import HeadCost
 from ..packing import Segments
 from ..utils import grid_to_pixels
 
-CANVAS_SPACES = ('atm', 'log_probs')
+CANVAS_SPACES = ('atm', 'log_probs', 'probs')
+
+
+@dataclass
+class TokenGrid:
+    """Where a stage head's active tokens lie (for heads with ``reads_grid``).
+
+    Attributes:
+        pos (Tensor): ``(T,)`` long grid index (``row * w + col``) of each active
+            patch token, aligned with the tokens passed to :meth:`forward_tokens`.
+        size (tuple[int, int]): the token grid ``(h, w)``.
+        prefix (Tensor): ``(B, P, C)`` the prefix tokens (cls, registers) of every
+            image after the stage's layers (``P`` may be 0).
+        frozen (Tensor, optional): ``(B * h * w, C)`` for every token that exited
+            at an earlier stage, its hidden state when it exited (the tokens its
+            exit head read); rows of active tokens are zero. ``None`` when no token
+            has exited.
+    """
+    pos: Tensor
+    size: Tuple[int, int]
+    prefix: Tensor
+    frozen: Optional[Tensor] = None
 
 
 @dataclass
@@ -78,6 +108,8 @@ class StageHeadMixin:
     canvas_space: str = 'log_probs'
     #: spaces the head can write (see :meth:`canvas_values`)
     supported_spaces: Sequence[str] = ('log_probs',)
+    #: whether :meth:`forward_tokens` takes ``grid=`` (a :class:`TokenGrid`)
+    reads_grid: bool = False
 
     def forward_tokens(self, tokens: Tensor, segments: Segments) -> HeadOutput:
         raise NotImplementedError
@@ -109,6 +141,13 @@ class StageHeadMixin:
             Tensor: ``(B, Q, H, W)``.
         """
         return grid_to_pixels(seg_map, size, patch_size, self.align_corners)
+
+    def final_pixels(self, out: HeadOutput, final_map: Tensor, size: Sequence[int],
+                     patch_size: int) -> Tensor:
+        """The final ``(B, Q, H, W)`` map at ``size``: :meth:`to_pixels` of the
+        token-grid ``final_map`` (a head whose output carries more than its final
+        map, like EoMT's full-resolution masks, overrides this)."""
+        return self.to_pixels(final_map, size, patch_size)
 
     def loss_by_canvas(self, out: HeadOutput, canvas: Tensor, batch_data_samples,
                        patch_size: int) -> Dict[str, Tensor]:
@@ -180,6 +219,10 @@ class StageHead(Protocol):
         ...
 
     def to_pixels(self, seg_map: Tensor, size: Sequence[int], patch_size: int) -> Tensor:
+        ...
+
+    def final_pixels(self, out: HeadOutput, final_map: Tensor, size: Sequence[int],
+                     patch_size: int) -> Tensor:
         ...
 
     def loss_by_canvas(self, out: HeadOutput, canvas: Tensor, batch_data_samples,

@@ -207,12 +207,12 @@ class DToPEncoderDecoder(BaseSegmentor):
         """
         bb = self.backbone
         used = [bb.patch_embed, *bb.layers[:bb.stage_ranges[-1][1]], *self.stage_heads]
-        for name in ('pre_ln', 'ln1'):
+        for name in ('pre_ln', 'ln1', 'norm'):  # mmseg ViT / DINOv2 norms
             if getattr(bb, name, None) is not None:
                 used.append(getattr(bb, name))
         used_ids = {id(p) for m in used for p in m.parameters()}
-        used_ids |= {id(p) for p in (getattr(bb, 'cls_token', None),
-                                     getattr(bb, 'pos_embed', None)) if p is not None}
+        used_ids |= {id(p) for p in (getattr(bb, name, None) for name in (
+            'cls_token', 'pos_embed', 'register_tokens')) if p is not None}
         return [n for n, p in self.named_parameters()
                 if p.requires_grad and id(p) not in used_ids]
 
@@ -254,8 +254,8 @@ class DToPEncoderDecoder(BaseSegmentor):
         """
         out = self.run_stages(inputs)
         with profile_region('dtop.to_pixels'):
-            seg = self.decode_head.to_pixels(out.final_map.float(), inputs.shape[-2:],
-                                             self.backbone.patch_size)
+            seg = self.decode_head.final_pixels(out.head_outputs[-1][0], out.final_map.float(),
+                                                inputs.shape[-2:], self.backbone.patch_size)
         return seg, out
 
     # ---------------------------------------------------------- mmseg API

@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 import torch
 from torch import Tensor
 
-from ..decode_heads.stage_head import HeadOutput
+from ..decode_heads.stage_head import HeadOutput, TokenGrid
 from ..utils import profile_region
 
 
@@ -117,10 +117,14 @@ def run_stage_loop(backbone, heads: Sequence, exit_policy, inputs: Tensor, *,
     dense_feats: Optional[Tensor] = None
     counts, head_outputs, features, heads_run = [], [], [], []
     all_active = True  # no token has exited yet: canvas rows are the packed rows
+    # hidden states of exited tokens, for heads that read the token grid (EoMT)
+    track_frozen = any(getattr(head, 'reads_grid', False) for head in heads)
+    frozen: Optional[Tensor] = None
     for s, (start, end) in enumerate(bb.stage_ranges):
         final = s == S - 1
         with profile_region(f'dtop.backbone.stage{s}'):
             x = bb.forward_layers_packed(x, segs, start, end)
+        prefix = x[bb.prefix_mask(pos)].view(B, -1, x.shape[-1]) if track_frozen else None
         tokens, tok_pos, tok_segs = bb.head_tokens(x, pos, segs, final)
         counts.append(tok_segs.counts)
         flat = tok_segs.batch_index * N + tok_pos  # canvas row of each token
@@ -131,7 +135,11 @@ def run_stage_loop(backbone, heads: Sequence, exit_policy, inputs: Tensor, *,
         if run_head:
             region = 'dtop.final_head' if final else f'dtop.aux_head{s}'
             with profile_region(region):
-                out = heads[s].forward_tokens(tokens, tok_segs)
+                if getattr(heads[s], 'reads_grid', False):
+                    out = heads[s].forward_tokens(tokens, tok_segs, grid=TokenGrid(
+                        tok_pos, (h, w), prefix, frozen))
+                else:
+                    out = heads[s].forward_tokens(tokens, tok_segs)
             with profile_region('dtop.canvas'):
                 for space in live_spaces(heads, s):
                     values = heads[s].canvas_values(out, tok_segs, space)
@@ -164,6 +172,10 @@ def run_stage_loop(backbone, heads: Sequence, exit_policy, inputs: Tensor, *,
         if new_segs.total == x.shape[0]:
             continue  # nothing exited
         exit_stage[flat[exits]] = s
+        if track_frozen:
+            if frozen is None:
+                frozen = tokens.new_zeros(B * N, tokens.shape[-1])
+            frozen = frozen.index_put((flat[exits],), tokens[exits])
         x, pos, segs = x[keep], pos[keep], new_segs
         all_active = False
     final_out, _ = head_outputs[-1]

@@ -1,0 +1,330 @@
+"""EoMT (encoder-only mask transformer) as the final DToP stage head.
+
+EoMT (Kerssies et al., "Your ViT is Secretly an Image Segmentation Model", CVPR
+2025) appends ``Q`` learned queries to the tokens of a DINOv2 ViT for its last
+``num_blocks`` blocks. After the last block (and, in training, before each query
+block) it predicts from the normalised tokens:
+
+* class logits ``(B, Q, K + 1)`` — a linear layer on the queries;
+* mask logits ``(B, Q, 4h, 4w)`` — a 3-layer MLP on the queries dotted with the
+  patch tokens laid on their grid and upscaled 4x by two scale layers
+  (transposed conv 2x2 / GELU / depthwise conv 3x3 / LayerNorm);
+
+and the semantic map is ``sum_q softmax(class_q)[:K] * sigmoid(mask_q)``, the mask
+logits being resized to the image first.
+
+Here the backbone (:class:`~dtop.models.backbones.dinov2.DToPDinov2`) runs the
+blocks before the queries join and this head owns the query blocks. Each image's
+sequence in the query blocks is ``[queries; prefix tokens; active patch tokens]``,
+packed for the batch (attention within each image), so tokens that exited at an
+earlier stage take no part: the queries attend only to the tokens still active.
+
+Exited tokens (docs/eomt.md):
+
+* the upscaling convolutions see, at an exited position, the token's hidden state
+  when it exited (normalised by the head's final norm) — every grid cell holds a
+  feature, so the mask logits are defined everywhere;
+* the final map takes, at pixels of exited tokens, the frozen per-class scores of
+  the head they exited at (ATM: ``P_c * sigmoid(mask logit)``, the canvas of space
+  ``'probs'``, resized bilinearly), and EoMT's own semantic scores at pixels of
+  active tokens. With nothing exited this is EoMT's semantic map exactly.
+
+Masked attention: before query block ``i`` the queries attend only to patch tokens
+inside the previous prediction's masks (``> 0`` after a bilinear resize to the
+grid), except a random ``1 - attn_mask_probs[i]`` fraction of queries;
+:class:`~dtop.engine.hooks.MaskAnnealingHook` anneals the probabilities to 0 during
+training. A block whose probability is 0 at inference skips the prediction and
+runs packed.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.model import BaseModule
+from mmseg.registry import MODELS
+from torch import Tensor
+
+from ..dinov2_layers import Dinov2Block
+from ..packing import Segments
+from .stage_head import HeadOutput, TokenGrid
+
+
+@dataclass
+class EoMTOutput(HeadOutput):
+    """:class:`HeadOutput` of :class:`EoMTHead`.
+
+    Attributes:
+        token_values (Tensor): ``(T, K)`` per-token semantic scores (from the mask
+            logits averaged over each token's 4x4 cell): the head's canvas values.
+        image_values (Tensor): ``(B, Q, K + 1)`` final class logits.
+        mask_logits (list[Tensor]): ``(B, Q, 4h, 4w)`` per prediction, the
+            intermediate ones (before masked query blocks) first, the final last.
+        class_logits (list[Tensor]): ``(B, Q, K + 1)``, aligned with ``mask_logits``.
+        active (Tensor): ``(B, h, w)`` bool, the tokens the head saw.
+    """
+    mask_logits: List[Tensor] = field(default_factory=list)
+    class_logits: List[Tensor] = field(default_factory=list)
+    active: Optional[Tensor] = None
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a ``(B, C, H, W)`` map."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ScaleLayer(nn.Module):
+    """2x upscaling: transposed conv 2x2 → GELU → depthwise conv 3x3 → LayerNorm."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.conv1 = nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
+        self.conv2 = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, bias=False)
+        self.norm = LayerNorm2d(dim, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.conv2(F.gelu(self.conv1(x))))
+
+
+class MaskMLP(nn.Module):
+    """Three linear layers with GELU between them (EoMT's mask head)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, dim)
+        self.fc2 = nn.Linear(dim, dim)
+        self.fc3 = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc3(F.gelu(self.fc2(F.gelu(self.fc1(x)))))
+
+
+@dataclass
+class _Layout:
+    """Where queries, prefix tokens and patch tokens lie in the packed joint sequence."""
+    joint: Segments
+    query_dest: Tensor   # (B, Q)
+    prefix_dest: Tensor  # (B, P)
+    token_dest: Tensor   # (T,)
+    flat: Tensor         # (T,) canvas row b * h * w + pos of each patch token
+
+
+@MODELS.register_module()
+class EoMTHead(BaseModule):
+    """EoMT's query blocks and mask/class prediction on the packed active tokens.
+
+    Args:
+        in_channels (int): token width (the backbone's).
+        num_classes (int): ``K`` (the class head has ``K + 1`` outputs).
+        num_heads (int): attention heads of the query blocks.
+        num_blocks (int): query blocks. Default 4.
+        num_queries (int): learned queries. Default 100.
+        mlp_ratio (float): FFN width ratio of the blocks.
+        ffn_type (str): ``'mlp'`` or ``'swiglu'``.
+        layer_scale_init (float, optional): layer-scale init of the blocks.
+        num_upscale_layers (int): 2x scale layers (2 → masks at stride 4).
+        drop_path_rates (Sequence[float], optional): per block.
+        eps (float): LayerNorm epsilon.
+        loss_decode (dict): the mask-classification loss config.
+        ignore_index (int): label of unlabelled pixels.
+        attention_backend (str): packed attention backend.
+        init_cfg (dict, optional): mmengine init config.
+    """
+
+    canvas_space = 'probs'
+    supported_spaces = ('probs',)
+    reads_grid = True
+    align_corners = False
+    threshold = None
+
+    def __init__(self, in_channels: int, num_classes: int, num_heads: int,
+                 num_blocks: int = 4, num_queries: int = 100, mlp_ratio: float = 4.0,
+                 ffn_type: str = 'mlp', layer_scale_init: Optional[float] = 1.0,
+                 num_upscale_layers: int = 2,
+                 drop_path_rates: Optional[Sequence[float]] = None, eps: float = 1e-6,
+                 loss_decode: Optional[dict] = None, ignore_index: int = 255,
+                 attention_backend: str = 'auto', init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        C = in_channels
+        self.in_channels, self.num_classes, self.out_channels = C, num_classes, num_classes
+        self.num_queries, self.ignore_index = num_queries, ignore_index
+        self.attention_backend = attention_backend
+        rates = list(drop_path_rates) if drop_path_rates is not None else [0.0] * num_blocks
+        if len(rates) != num_blocks:
+            raise ValueError(f'drop_path_rates has {len(rates)} values for {num_blocks} blocks')
+        self.blocks = nn.ModuleList(
+            Dinov2Block(C, num_heads, mlp_ratio, ffn_type, layer_scale_init, eps=eps,
+                        drop_path=r) for r in rates)
+        self.norm = nn.LayerNorm(C, eps=eps)
+        self.query = nn.Embedding(num_queries, C)
+        self.upscale = nn.ModuleList(ScaleLayer(C, eps) for _ in range(num_upscale_layers))
+        self.mask_head = MaskMLP(C)
+        self.class_predictor = nn.Linear(C, num_classes + 1)
+        self.register_buffer('attn_mask_probs', torch.ones(num_blocks))
+        loss_decode = dict(type='MaskClassificationLoss') if loss_decode is None \
+            else dict(loss_decode)
+        loss_decode.setdefault('num_classes', num_classes)
+        loss_decode.setdefault('ignore_index', ignore_index)
+        self.loss_decode = MODELS.build(loss_decode)
+
+    @property
+    def upscale_factor(self) -> int:
+        return 2 ** len(self.upscale)
+
+    # ------------------------------------------------------------ forward
+    def _layout(self, segments: Segments, grid: TokenGrid) -> _Layout:
+        B, Q, P = segments.batch_size, self.num_queries, grid.prefix.shape[1]
+        dev = grid.pos.device
+        joint = Segments.from_lengths([n + Q + P for n in segments.lengths], dev)
+        start = joint.cu_seqlens[:-1].long()
+        h, w = grid.size
+        return _Layout(joint=joint,
+                       query_dest=start[:, None] + torch.arange(Q, device=dev),
+                       prefix_dest=start[:, None] + Q + torch.arange(P, device=dev),
+                       token_dest=start[segments.batch_index] + Q + P + segments.slot,
+                       flat=segments.batch_index * (h * w) + grid.pos)
+
+    def predict(self, z: Tensor, lay: _Layout, grid: TokenGrid) -> Tuple[Tensor, Tensor]:
+        """Mask logits ``(B, Q, 4h, 4w)`` and class logits ``(B, Q, K + 1)`` from the
+        normalised packed joint sequence ``z``."""
+        B, Q = lay.query_dest.shape
+        h, w = grid.size
+        queries = z[lay.query_dest]  # (B, Q, C)
+        class_logits = self.class_predictor(queries)
+        if grid.frozen is not None:  # exited cells: their hidden state at exit
+            feat = self.norm(grid.frozen).to(z.dtype)
+        else:  # every token is active: every row is written below
+            feat = z.new_zeros(B * h * w, z.shape[-1])
+        feat = feat.index_put((lay.flat,), z[lay.token_dest])
+        fmap = feat.view(B, h, w, -1).permute(0, 3, 1, 2)
+        for layer in self.upscale:
+            fmap = layer(fmap)
+        mask_logits = torch.einsum('bqc,bchw->bqhw', self.mask_head(queries), fmap)
+        return mask_logits, class_logits
+
+    def _attention_mask(self, mask_logits: Tensor, prob: Tensor, lay: _Layout,
+                        segments: Segments, grid: TokenGrid) -> Tensor:
+        """``(B, 1, L, L)`` bool mask of a masked query block (padded layout)."""
+        B, Q = lay.query_dest.shape
+        P = grid.prefix.shape[1]
+        inside = F.interpolate(mask_logits, size=grid.size, mode='bilinear').flatten(2) > 0
+        tok_pos = segments.pad(grid.pos, value=0)  # (B, n_max)
+        inside = inside.gather(2, tok_pos[:, None, :].expand(-1, Q, -1))  # (B, Q, n_max)
+        free = torch.rand(B, Q, device=inside.device) > prob  # queries not masked
+        inside = inside | free[..., None]
+        valid = lay.joint.valid_mask()  # (B, L)
+        L = valid.shape[1]
+        mask = valid[:, None, :].expand(B, L, L).clone()
+        mask[:, :Q, Q + P:] &= inside
+        return mask[:, None]
+
+    def forward_tokens(self, tokens: Tensor, segments: Segments,
+                       grid: Optional[TokenGrid] = None) -> EoMTOutput:
+        """Query blocks + predictions on the packed active tokens.
+
+        Args:
+            tokens (Tensor): ``(T, C)`` packed active patch tokens.
+            segments (Segments): their image boundaries.
+            grid (TokenGrid): positions, grid size, prefix tokens and the hidden
+                states of exited tokens (the stage loop passes it).
+
+        Returns:
+            EoMTOutput: per-token scores, class and mask logits of every prediction.
+        """
+        if grid is None:
+            raise ValueError('EoMTHead needs grid= (a TokenGrid): run it through the '
+                             'DToP stage loop (DToPEncoderDecoder)')
+        B, Q = segments.batch_size, self.num_queries
+        lay = self._layout(segments, grid)
+        query = self.query.weight.to(tokens.dtype)[None].expand(B, -1, -1)
+        prefix = grid.prefix.to(tokens.dtype)
+        z = tokens.new_zeros(lay.joint.total, tokens.shape[-1]).index_put(
+            (torch.cat([lay.query_dest.reshape(-1), lay.prefix_dest.reshape(-1),
+                        lay.token_dest]),),
+            torch.cat([query.reshape(-1, query.shape[-1]),
+                       prefix.reshape(-1, prefix.shape[-1]), tokens]))
+        masks, classes = [], []
+        probs = self.attn_mask_probs.tolist()
+        for i, block in enumerate(self.blocks):
+            if self.training or probs[i] > 0:
+                mask_logits, class_logits = self.predict(self.norm(z), lay, grid)
+                masks.append(mask_logits)
+                classes.append(class_logits)
+                attn = self._attention_mask(mask_logits.detach(), self.attn_mask_probs[i],
+                                            lay, segments, grid)
+                z = lay.joint.unpad(block(lay.joint.pad(z), attn))
+            else:
+                z = block.forward_packed(z, lay.joint, self.attention_backend)
+        mask_logits, class_logits = self.predict(self.norm(z), lay, grid)
+        masks.append(mask_logits)
+        classes.append(class_logits)
+        h, w = grid.size
+        active = torch.zeros(B * h * w, dtype=torch.bool, device=tokens.device)
+        active[lay.flat] = True
+        cell = F.avg_pool2d(mask_logits, self.upscale_factor)  # (B, Q, h, w)
+        scores = self._scores(class_logits, cell).flatten(2)  # (B, K, h*w)
+        per_token = scores.transpose(1, 2).reshape(B * h * w, -1)[lay.flat]  # (T, K)
+        return EoMTOutput(per_token, class_logits, mask_logits=masks,
+                          class_logits=classes, active=active.view(B, h, w))
+
+    @staticmethod
+    def _scores(class_logits: Tensor, mask_logits: Tensor) -> Tensor:
+        """``sum_q softmax(class_q)[:K] * sigmoid(mask_q)``: class logits
+        ``(..., Q, K + 1)``, mask logits ``(..., Q, *S)`` → ``(..., K, *S)``."""
+        p = class_logits.softmax(-1)[..., :-1]
+        spatial = mask_logits.shape[class_logits.dim() - 1:]
+        m = mask_logits.sigmoid().flatten(class_logits.dim() - 1)
+        out = torch.einsum('...qk,...qs->...ks', p, m)
+        return out.reshape(out.shape[:-1] + spatial)
+
+    # ------------------------------------------------------ stage contract
+    def token_probs(self, out: HeadOutput, segments: Segments) -> Tensor:
+        """``(T, K)`` per-token semantic scores in ``[0, 1]``."""
+        return out.token_values
+
+    def canvas_values(self, out: HeadOutput, segments: Segments, space: str) -> Tensor:
+        if space != 'probs':
+            raise ValueError(f'EoMTHead cannot write a {space!r} canvas')
+        return out.token_values
+
+    def final_map(self, out: HeadOutput, canvas: Tensor) -> Tensor:
+        """``(B, K, h, w)``: the score canvas (EoMT's scores at active tokens, the
+        frozen scores of the exit heads elsewhere); :meth:`final_pixels` refines
+        active pixels with EoMT's full-resolution masks."""
+        return canvas
+
+    def to_pixels(self, seg_map: Tensor, size: Sequence[int],
+                  patch_size: Optional[int] = None) -> Tensor:
+        """A bilinear resize of a token-grid map to ``size``."""
+        return F.interpolate(seg_map, size=tuple(int(s) for s in size), mode='bilinear',
+                             align_corners=False)
+
+    def final_pixels(self, out: EoMTOutput, final_map: Tensor, size: Sequence[int],
+                     patch_size: int) -> Tensor:
+        """The final ``(B, K, H, W)`` map: EoMT's semantic scores (mask logits
+        resized to the pixels, then ``softmax(class)[:K] * sigmoid``) at pixels of
+        active tokens, the resized score canvas at pixels of exited tokens."""
+        size = tuple(int(s) for s in size)
+        masks = F.interpolate(out.mask_logits[-1].float(), size=size, mode='bilinear',
+                              align_corners=False)
+        seg = self._scores(out.image_values.float(), masks)
+        if bool(out.active.all()):
+            return seg
+        active = F.interpolate(out.active[:, None].float(), size=size, mode='nearest') > 0
+        return torch.where(active, seg, self.to_pixels(final_map.float(), size))
+
+    def loss_by_canvas(self, out: EoMTOutput, canvas: Tensor, batch_data_samples,
+                       patch_size: int) -> Dict[str, Tensor]:
+        """Mask-classification losses of every prediction (intermediate ones as
+        ``block{i}.loss_*``), against the ground truth at label resolution."""
+        seg_label = torch.stack([s.gt_sem_seg.data for s in batch_data_samples]).squeeze(1)
+        losses: Dict[str, Tensor] = {}
+        last = len(out.mask_logits) - 1
+        for i, (masks, classes) in enumerate(zip(out.mask_logits, out.class_logits)):
+            prefix = '' if i == last else f'block{i}.'
+            for k, v in self.loss_decode(masks, classes, seg_label).items():
+                losses[prefix + k] = v
+        return losses
