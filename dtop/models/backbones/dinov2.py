@@ -136,7 +136,8 @@ class DToPDinov2(BaseModule):
         attention_backend (str): see :func:`dtop.models.packing.packed_attention`.
         with_cp (bool): gradient checkpointing of every layer in training.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...)`` loads
-            converted DINOv2 weights (position embedding resized to this grid).
+            converted DINOv2 weights (position embedding resized to this grid;
+            ``prefix='backbone.'`` picks the backbone of a segmentor checkpoint).
     """
 
     def __init__(self,
@@ -228,6 +229,10 @@ class DToPDinov2(BaseModule):
         check_finite_weights(ckpt, cfg['checkpoint'])
         meta = ckpt.get('meta') if isinstance(ckpt.get('meta'), dict) else {}
         state_dict = dict(ckpt.get('state_dict', ckpt))
+        prefix = cfg.get('prefix')  # as mmengine's: e.g. 'backbone.' of a segmentor
+        if prefix:
+            state_dict = {k[len(prefix):]: v for k, v in state_dict.items()
+                          if k.startswith(prefix)}
         if 'pos_embed' in state_dict:
             state_dict['pos_embed'] = self._fit_pos_embed(state_dict['pos_embed'],
                                                           meta.get('arch', {}))

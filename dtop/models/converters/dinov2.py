@@ -69,7 +69,7 @@ def _linear(sd: Mapping[str, Tensor], used: set, src: str, dst: str, out: StateD
     if src + '.bias' in sd:
         out[dst + '.bias'] = _take(sd, used, src + '.bias')
     elif bias_required:
-        raise ConversionError(f'missing "{src}.bias"')
+        raise KeyError(src + '.bias')
 
 
 def _stacked(sd: Mapping[str, Tensor], used: set, srcs: Tuple[str, ...], dst: str,
@@ -249,6 +249,23 @@ def convert_timm_dinov2(state_dict: Mapping[str, Tensor],
             f'pos_embed {tuple(out["pos_embed"].shape)} is not a square grid with or '
             f'without a cls entry (positions for {num_regs} register tokens are not '
             'supported: DINOv2 registers have none)')
+    try:
+        _convert_timm_blocks(sd, used, out)
+    except KeyError as e:
+        raise ConversionError(f'missing "{p}{e.args[0]}" in the timm state dict') from None
+    left = [k for k in sd if k not in used]
+    ignored = [k for k in left if k.startswith(_TIMM_DROP) or k == 'mask_token']
+    if len(ignored) != len(left):
+        raise ConversionError(f'keys not understood in the timm state dict: '
+                              f'{[p + k for k in left if k not in ignored][:5]}')
+    if dropped is not None:
+        dropped += skipped + [p + k for k in ignored]
+    return out, pos_embed_cls
+
+
+def _convert_timm_blocks(sd: Mapping[str, Tensor], used: set, out: StateDict) -> None:
+    """timm ``blocks.i.*`` → ``layers.i.*`` (names are timm's already, but for the
+    SwiGLU variants)."""
     for i in _layer_ids(sd, 'blocks.'):
         b = f'blocks.{i}.'
         for ours in ('norm1', 'norm2', 'attn.proj', 'attn.qkv'):
@@ -264,14 +281,6 @@ def convert_timm_dinov2(state_dict: Mapping[str, Tensor],
         for ls in ('ls1', 'ls2'):
             if b + ls + '.gamma' in sd:
                 out[f'layers.{i}.{ls}.gamma'] = _take(sd, used, b + ls + '.gamma')
-    left = [k for k in sd if k not in used]
-    ignored = [k for k in left if k.startswith(_TIMM_DROP) or k == 'mask_token']
-    if len(ignored) != len(left):
-        raise ConversionError(f'keys not understood in the timm state dict: '
-                              f'{[p + k for k in left if k not in ignored][:5]}')
-    if dropped is not None:
-        dropped += skipped + [p + k for k in ignored]
-    return out, pos_embed_cls
 
 
 def resample_patch_embed(weight: Tensor, patch_size: int) -> Tensor:
