@@ -6,6 +6,7 @@ import torch
 from mmengine.analysis import FlopAnalyzer
 
 from dtop.evaluation.flops import _DenseTrace, _sdpa_flop_jit
+from dtop.evaluation.flops.counter import _einsum_flop_jit
 from dtop.models.pruning import ExitPolicy
 
 #: every per-module entry of ``count_flops_library`` / ``dense_flops`` but ``heads``
@@ -48,9 +49,10 @@ def forced_exit_counts(model, keep, x):
 
 def pruned_flop_analyzer(model, x) -> FlopAnalyzer:
     """mmengine's ``FlopAnalyzer`` on the model's pruned forward of ``x`` (the dense
-    trace wrapper, the SDPA handle of :mod:`dtop.evaluation.flops`), quiet."""
+    trace wrapper, the SDPA and einsum handles of :mod:`dtop.evaluation.flops`), quiet."""
     fa = FlopAnalyzer(_DenseTrace.build(model), (x, ))
     fa.set_op_handle('aten::scaled_dot_product_attention', _sdpa_flop_jit)
+    fa.set_op_handle('aten::einsum', _einsum_flop_jit)
     fa.unsupported_ops_warnings(False)
     fa.uncalled_modules_warnings(False)
     return fa

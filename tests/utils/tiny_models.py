@@ -5,7 +5,9 @@ no pretrained weights:
 
 - ``'segvit'``: ATM prune heads at every stage (the paper's model, Sec. 3.3);
 - ``'setr'``: SETR-naive, one ``DToPSETRUPHead`` per stage;
-- ``'segmenter'``: ATM auxiliary heads and a ``DToPSegmenterMaskHead`` final head.
+- ``'segmenter'``: ATM auxiliary heads and a ``DToPSegmenterMaskHead`` final head;
+- ``'eomt'``: a ``DToPDinov2`` backbone (registers, layer scale), ATM auxiliary
+  heads and an ``EoMTHead`` final head (query blocks on top of the backbone).
 
 ``tiny_model_cfg(family, **overrides)`` picks one; the per-family functions take the
 same keyword arguments directly.
@@ -145,12 +147,49 @@ def tiny_segmenter_model_cfg(num_classes: int = 5,
         prune_threshold, keep_topk_per_class, img_size, test_mode)
 
 
+def tiny_eomt_model_cfg(num_classes: int = 5,
+                        embed_dims: int = 64,
+                        num_layers: int = 6,
+                        out_indices: Sequence[int] = (1, 3, 5),
+                        num_heads: int = 4,
+                        num_register_tokens: int = 2,
+                        ffn_type: str = 'mlp',
+                        final_norm: bool = False,
+                        atm_channels: int = 16,
+                        num_blocks: int = 2,
+                        num_queries: int = 8,
+                        img_size=(64, 64),
+                        prune_threshold: Threshold = 1.0,
+                        keep_topk_per_class: int = 5,
+                        test_mode: str = 'whole') -> dict:
+    """EoMT DToP (``'eomt'``): a DINOv2 backbone of ``num_layers`` layers (patch 16,
+    no position for the cls token, as EoMT), ``ATMPruneHead`` auxiliary heads (2
+    attention heads, 1 layer) and an ``EoMTHead`` of ``num_blocks`` query blocks.
+
+    Returns:
+        dict: a model config for ``mmseg.registry.MODELS.build``.
+    """
+    backbone = dict(type='DToPDinov2', img_size=tuple(img_size), patch_size=16,
+                    embed_dims=embed_dims, num_layers=num_layers, num_heads=num_heads,
+                    ffn_type=ffn_type, num_register_tokens=num_register_tokens,
+                    pos_embed_cls=False, final_norm=final_norm,
+                    out_indices=list(out_indices))
+    aux = _atm_head(embed_dims, atm_channels, num_classes, num_heads=2, num_layers=1)
+    decode = dict(type='EoMTHead', in_channels=embed_dims, num_classes=num_classes,
+                  num_heads=num_heads, num_blocks=num_blocks, num_queries=num_queries,
+                  ffn_type=ffn_type, loss_decode=dict(type='MaskClassificationLoss'))
+    return _segmentor(backbone, decode,
+                      [copy.deepcopy(aux) for _ in range(len(out_indices) - 1)],
+                      prune_threshold, keep_topk_per_class, img_size, test_mode)
+
+
 FAMILIES = dict(segvit=tiny_dtop_model_cfg, setr=tiny_setr_model_cfg,
-                segmenter=tiny_segmenter_model_cfg)
+                segmenter=tiny_segmenter_model_cfg, eomt=tiny_eomt_model_cfg)
 
 
 def tiny_model_cfg(family: str = 'segvit', **overrides) -> dict:
-    """A tiny model config of ``family`` (``'segvit'``, ``'setr'`` or ``'segmenter'``);
+    """A tiny model config of ``family`` (``'segvit'``, ``'setr'``, ``'segmenter'`` or
+    ``'eomt'``);
     ``overrides`` are the keyword arguments of that family's function above.
 
     Returns:

@@ -5,9 +5,12 @@ traced through its stage loop (:func:`~dtop.models.segmentors.stage_loop.run_sta
 with every head seen through a :class:`StageHeadScope`, a thin module whose
 ``forward`` is the head's ``forward_tokens``: the tracer attributes all of a head's
 ops — functional ones included, e.g. ``F.linear`` on its conv weights or the packed
-attention of its layers — to that module's scope. The heads themselves are not
-touched.
+attention of its layers — to that module's scope; the final head's
+``final_pixels`` runs in a scope of its own (``pixels``), the pixel side of the
+count. The heads themselves are not touched.
 """
+import math
+from contextlib import contextmanager
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -42,12 +45,63 @@ def _sdpa_flop_jit(inputs, outputs):
     return batch * q[-2] * k[-2] * (q[-1] + v[-1])
 
 
+def _einsum_flop_jit(inputs, outputs):
+    """``aten::einsum`` of two operands, exactly: one multiply-add per term, i.e. the
+    product of the sizes of all its indices (broadcast ``...`` dims included).
+
+    The library handles read the count from numpy's ``einsum_path`` printout, which
+    keeps 4 significant digits (and, with ``...``, may add a few FLOPs); other
+    forms (more operands) still go to the library's handle.
+    """
+    from mmengine.analysis.jit_handles import einsum_flop_jit, get_shape
+    equation = inputs[0].toIValue().replace(' ', '')
+    shapes = [get_shape(v) for v in inputs[1].node().inputs()]
+    operands = equation.split('->')[0].split(',')
+    if len(operands) != 2 or any(s is None for s in shapes):
+        return einsum_flop_jit(inputs, outputs)
+    sizes, ellipsis = {}, []
+    for term, shape in zip(operands, shapes):
+        letters = term.replace('...', '')
+        lead = len(shape) - len(letters)  # dims the ``...`` stands for
+        start = term.find('...')
+        dims = list(shape[:start]) + list(shape[start + lead:]) if start >= 0 else shape
+        for letter, size in zip(letters, dims):
+            sizes[letter] = max(sizes.get(letter, 1), int(size))
+        if start >= 0:
+            extra = [int(d) for d in shape[start:start + lead]]
+            width = max(len(extra), len(ellipsis))  # right-aligned broadcasting
+            extra = [1] * (width - len(extra)) + extra
+            ellipsis = [1] * (width - len(ellipsis)) + ellipsis
+            ellipsis = [max(a, b) for a, b in zip(ellipsis, extra)]
+    return math.prod(sizes.values()) * math.prod(ellipsis)
+
+
+@contextmanager
+def _inference_state(model):
+    """Eval mode, and the masked-attention probabilities of heads that anneal them
+    (EoMT's ``attn_mask_probs``) at their inference value 0: the counted model is
+    the one that serves predictions. Everything is restored afterwards."""
+    was_training = model.training
+    saved = [(m.attn_mask_probs, m.attn_mask_probs.clone()) for m in model.modules()
+             if isinstance(getattr(m, 'attn_mask_probs', None), torch.Tensor)]
+    model.eval()
+    try:
+        for buf, _ in saved:
+            buf.zero_()
+        yield model
+    finally:
+        for buf, value in saved:
+            buf.copy_(value)
+        model.train(was_training)
+
+
 class StageHeadScope(nn.Module):
     """A stage head seen as a module whose ``forward`` is its ``forward_tokens``.
 
     ``forward_tokens`` goes through ``nn.Module.__call__`` (so a tracer opens this
-    module's scope around all of the head's ops); every other attribute and
-    contract method is the head's own.
+    module's scope around all of the head's ops), keyword arguments included (the
+    stage loop passes ``grid=`` to heads that read the token grid); every other
+    attribute (``reads_grid`` included) and contract method is the head's own.
 
     Args:
         head: a stage head (:mod:`dtop.models.decode_heads.stage_head`).
@@ -57,11 +111,11 @@ class StageHeadScope(nn.Module):
         super().__init__()
         self.head = head
 
-    def forward(self, tokens, segments):
-        return self.head.forward_tokens(tokens, segments)
+    def forward(self, tokens, segments, **kwargs):
+        return self.head.forward_tokens(tokens, segments, **kwargs)
 
-    def forward_tokens(self, tokens, segments):
-        return self(tokens, segments)
+    def forward_tokens(self, tokens, segments, **kwargs):
+        return self(tokens, segments, **kwargs)
 
     def __getattr__(self, name: str):
         try:
@@ -70,16 +124,29 @@ class StageHeadScope(nn.Module):
             return getattr(super().__getattr__('head'), name)
 
 
+class _FinalPixels(nn.Module):
+    """The final head's ``final_pixels`` in a module scope of its own (the head is
+    held outside the module tree, so its parameters are not listed twice)."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self._head = [head]
+
+    def forward(self, out, final_map, size, patch_size):
+        return self._head[0].final_pixels(out, final_map, size, patch_size)
+
+
 class _DenseTrace(object):
     """Factory of the traced wrappers (what the analyzers run)."""
 
     @staticmethod
     def build(model, exit_policy=None) -> nn.Module:
         """The segmentor's stage loop with every head's output kept alive (no head
-        is dead code for the tracer) and the final ``to_pixels``.
+        is dead code for the tracer) and the final ``final_pixels``.
 
         Module names are the segmentor's: ``model.backbone``,
-        ``model.auxiliary_head.{s}``, ``model.decode_head``.
+        ``model.auxiliary_head.{s}``, ``model.decode_head``; ``pixels`` is the
+        final head's ``final_pixels``.
 
         Args:
             model (DToPEncoderDecoder): the segmentor.
@@ -102,13 +169,14 @@ class _DenseTrace(object):
             def __init__(self):
                 super().__init__()
                 self.model = Segmentor()
+                self.pixels = _FinalPixels(heads[-1])
 
             def forward(self, inputs):
                 m = self.model
                 out = run_stage_loop(m.backbone, [*m.auxiliary_head, m.decode_head],
                                      policy, inputs, all_heads=True)
-                seg = m.decode_head.final_pixels(out.head_outputs[-1][0], out.final_map,
-                                                 inputs.shape[-2:], m.backbone.patch_size)
+                seg = self.pixels(out.head_outputs[-1][0], out.final_map,
+                                  inputs.shape[-2:], m.backbone.patch_size)
                 return (seg, ) + tuple(t for item in out.head_outputs if item is not None
                                        for ho, canvas in [item]
                                        for t in (ho.token_values, ho.image_values, canvas)
@@ -151,6 +219,7 @@ def _run_analyzer(wrapper, inputs, backend: str):
     with torch.enable_grad():  # keep nn.MultiheadAttention off its fused fast path
         analyzer = Analyzer(wrapper, (inputs, ))
         analyzer.set_op_handle('aten::scaled_dot_product_attention', _sdpa_flop_jit)
+        analyzer.set_op_handle('aten::einsum', _einsum_flop_jit)
         analyzer.unsupported_ops_warnings(False)
         analyzer.uncalled_modules_warnings(False)
         total = float(analyzer.total())
@@ -179,10 +248,13 @@ def count_flops_library(model, crop_shape: Optional[Sequence[int]] = None,
     The segmentor's stage loop is traced with an exit policy that never prunes on
     one random crop, batch 1, with every head's output kept alive. Each head's
     ``forward_tokens`` is counted in the head's scope (:class:`StageHeadScope`);
-    the final ``to_pixels`` (bilinear resampling) at the segmentor level; the
-    backbone is the rest. ``aten::scaled_dot_product_attention`` (unknown to the
-    counters) gets a fvcore-style handle. Any other unhandled op that would carry
-    FLOPs raises. The model is left as it was (its training flag restored).
+    the final head's ``final_pixels`` (resizing to the crop, and whatever the head
+    computes there) is ``upsample``; the backbone is the rest.
+    ``aten::scaled_dot_product_attention`` (unknown to the counters) gets a
+    fvcore-style handle, two-operand ``aten::einsum`` an exact one
+    (:func:`_einsum_flop_jit`). Any other unhandled op that would carry FLOPs
+    raises. The model is counted at inference (eval mode, EoMT's masked attention
+    annealed off) and left as it was.
 
     Args:
         model (DToPEncoderDecoder): a built model (weights need not be trained).
@@ -201,17 +273,13 @@ def count_flops_library(model, crop_shape: Optional[Sequence[int]] = None,
     param = next(model.parameters())
     inputs = torch.randn(1, dims.in_channels, H, W, device=param.device, dtype=param.dtype)
     dense = ConfidenceThreshold(None).bind(dims.num_stages)  # nothing exits
-    was_training = model.training
-    model.eval()
-    try:
+    with _inference_state(model):
         total, by_module, by_operator = _run_analyzer(_DenseTrace.build(model, dense),
                                                       inputs, backend)
-    finally:
-        model.train(was_training)
     S = dims.num_stages
     names = [f'model.auxiliary_head.{s}' for s in range(S - 1)] + ['model.decode_head']
     heads = [float(by_module[n]) for n in names]
-    up = float(by_operator.get('upsample_bilinear2d', 0))
+    up = float(by_module['pixels'])
     return _summary(total, total - sum(heads) - up, heads, up, by_operator)
 
 

@@ -7,10 +7,13 @@ Conventions and per-layer formulas: :mod:`dtop.models.cost`. The model is
 
 * backbone: patch embedding of the full grid (+ ``pre_norm`` on it), then the
   layers of stage ``s`` on the ``n_s`` active tokens plus the prefix tokens (a cls
-  token is one more token in every layer and never exits); ``final_norm`` costs
-  ``5 n D`` on the patch tokens the final head reads;
-* head ``s``: its polynomial at ``n_s``; the final head adds its ``to_pixels``
-  steps from the (padded) token grid to the crop.
+  token — and DINOv2's registers — is one more token in every layer and never
+  exits); ``final_norm`` costs ``5 n D`` on the patch tokens the final head reads;
+  a SwiGLU FFN costs ``3 D F`` per token instead of ``2 D F``;
+* head ``s``: its polynomial at ``n_s`` (at ``n_s + P`` for heads that also
+  process the ``P`` prefix tokens, plus its work on the full grid and, when tokens
+  exited before it, its ``if_exited`` extra); the final head adds its pixel steps
+  from the (padded) token grid to the crop.
 
 A pruned model sums these with the active counts of each stage; head ``s`` is
 evaluated at ``token_counts[:, s]`` — the auxiliary heads at the count *before*
@@ -56,6 +59,7 @@ class DToPCostDims:
         num_prefix_tokens (int): tokens in every backbone layer besides the patch
             tokens, never pruned (1 with a cls token).
         final_norm (bool): a LayerNorm on the tokens the final head reads.
+        ffn_type (str): backbone FFN, ``'mlp'`` or ``'swiglu'`` (DINOv2-g).
     """
     embed_dims: int
     ffn_channels: int
@@ -67,6 +71,7 @@ class DToPCostDims:
     pre_norm: bool = False
     num_prefix_tokens: int = 0
     final_norm: bool = False
+    ffn_type: str = 'mlp'
 
     def __post_init__(self):
         if len(self.stage_layers) != len(self.heads):
@@ -106,6 +111,10 @@ class DToPCostDims:
         """Read the dims of a built :class:`DToPEncoderDecoder` (any device, incl. meta):
         the backbone's from its modules, each head's from its ``cost()``.
 
+        Backbones: :class:`DToPVisionTransformer` (mmseg layers ``ln1`` / ``ffn``,
+        ``patch_embed.projection``) and :class:`DToPDinov2` (``norm1`` / ``mlp``,
+        ``patch_embed.proj``, cls + register prefix tokens).
+
         Args:
             model: the segmentor (a DDP wrapper is unwrapped).
 
@@ -118,20 +127,24 @@ class DToPCostDims:
             raise TypeError(f'expected a DToP model with a stage-wise backbone, got '
                             f'{type(model).__name__} / {type(bb).__name__}')
         layer0 = bb.layers[0]
-        conv = bb.patch_embed.projection
+        norm = layer0.ln1 if hasattr(layer0, 'ln1') else layer0.norm1
+        ffn = layer0.ffn if hasattr(layer0, 'ffn') else layer0.mlp
+        pe = bb.patch_embed
+        conv = pe.projection if hasattr(pe, 'projection') else pe.proj
         if conv.kernel_size[0] != conv.kernel_size[1] or conv.stride != conv.kernel_size:
             raise ValueError('the cost model assumes a square, non-overlapping patch conv')
         crop = getattr(model, 'test_cfg', None) or {}
         crop = crop.get('crop_size', None) if hasattr(crop, 'get') else None
         img_size = tuple(bb.img_size) if crop is None else tuple(crop)
-        return cls(embed_dims=layer0.ln1.normalized_shape[0],
-                   ffn_channels=_ffn_hidden(layer0.ffn),
+        return cls(embed_dims=norm.normalized_shape[0],
+                   ffn_channels=_ffn_hidden(ffn),
                    stage_layers=tuple(e - s for s, e in bb.stage_ranges),
                    heads=tuple(head.cost() for head in model.stage_heads),
                    patch_size=conv.kernel_size[0], in_channels=conv.in_channels,
                    crop_size=img_size, pre_norm=bool(getattr(bb, 'pre_norm', False)),
                    num_prefix_tokens=int(getattr(bb, 'num_prefix_tokens', 0)),
-                   final_norm=bool(getattr(bb, 'final_norm', False)))
+                   final_norm=bool(getattr(bb, 'final_norm', False)),
+                   ffn_type=str(getattr(ffn, 'ffn_type', 'mlp')))
 
     @classmethod
     def from_config(cls, model_cfg: dict) -> 'DToPCostDims':
@@ -269,10 +282,11 @@ def model_flops(dims: DToPCostDims, token_counts, crop_shape: Optional[Sequence[
         embed += layer_norm_flops(N + P, float(D))
     backbone = np.full(num, embed)
     for s, layers in enumerate(dims.stage_layers):
-        backbone = backbone + layers * vit_layer_flops(counts[:, s] + P, D, dims.ffn_channels)
+        backbone = backbone + layers * vit_layer_flops(counts[:, s] + P, D, dims.ffn_channels,
+                                                       dims.ffn_type)
     if dims.final_norm:  # on the patch tokens the final head reads
         backbone = backbone + layer_norm_flops(counts[:, -1], float(D))
-    heads = np.stack([h.flops(counts[:, s]) for s, h in enumerate(dims.heads)], axis=1)
+    heads = np.stack([h.flops(counts[:, s], N, P) for s, h in enumerate(dims.heads)], axis=1)
     if heads_run is not None:
         run = np.asarray(heads_run, dtype=bool).reshape(-1)
         if run.shape[0] != dims.num_stages or not run[-1]:
@@ -280,8 +294,11 @@ def model_flops(dims: DToPCostDims, token_counts, crop_shape: Optional[Sequence[
                              f'head always runs; got {list(heads_run)}')
         heads = heads * run[None, :]
     # The final map is brought from the (padded) grid to the crop's pixels.
-    up = np.full(num, dims.heads[-1].pixel_flops(grid_h, grid_w, crop_shape[0],
-                                                 crop_shape[1], p))
+    last = dims.heads[-1]
+    up = np.full(num, last.pixel_flops(grid_h, grid_w, crop_shape[0], crop_shape[1], p))
+    if last.if_exited is not None:  # e.g. EoMT's final map mixes in the exit heads'
+        more = last.pixel_flops(grid_h, grid_w, crop_shape[0], crop_shape[1], p, True)
+        up = np.where(counts[:, -1] < N, more, up)
     final = heads[:, -1] + up
     aux = heads[:, :-1].sum(axis=1)
     return dict(patch_embed=np.full(num, embed), backbone=backbone, heads=heads,
@@ -317,7 +334,8 @@ def mmseg_dense_flops(dims: DToPCostDims, crop_shape: Optional[Sequence[int]] = 
     backbone = float(patch_embed_flops(N, D, p, dims.in_channels))
     if dims.pre_norm:
         backbone += layer_norm_flops(N + P, float(D))
-    backbone += sum(dims.stage_layers) * vit_layer_flops(N + P, D, dims.ffn_channels)
+    backbone += sum(dims.stage_layers) * vit_layer_flops(N + P, D, dims.ffn_channels,
+                                                         dims.ffn_type)
     if dims.final_norm:
         backbone += layer_norm_flops(N + P, float(D))
     heads = [None if h.mmseg is None else

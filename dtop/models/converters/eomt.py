@@ -121,3 +121,46 @@ def eomt_arch(state_dict: Mapping[str, Tensor], num_heads: int) -> dict:
                 num_queries=int(sd['decode_head.query.weight'].shape[0]),
                 num_classes=int(sd['decode_head.class_predictor.weight'].shape[0]) - 1,
                 ffn_hidden=int(sd['backbone.layers.0.mlp.fc2.weight'].shape[1]))
+
+
+def load_vit_blocks(head, checkpoint: str, offset: int) -> None:
+    """Initialise an :class:`EoMTHead`'s query blocks and norm from a converted
+    DINOv2 checkpoint (``tools/model_converters/dinov2_to_dtop.py``): ViT block
+    ``offset + j`` → ``blocks.j``, the ViT's final ``norm`` → ``norm``.
+
+    Args:
+        head (EoMTHead): the head to initialise (in place).
+        checkpoint (str): path or URL of the converted checkpoint.
+        offset (int): index of the ViT block the first query block is
+            (``backbone.num_layers``).
+
+    Raises:
+        CheckpointMismatchError: the checkpoint lacks one of those blocks (or the
+            norm), or a shape differs.
+    """
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    from dtop.utils.checkpoint import check_finite_weights
+    from dtop.utils.errors import CheckpointMismatchError
+    ckpt = CheckpointLoader.load_checkpoint(checkpoint, logger=None, map_location='cpu')
+    check_finite_weights(ckpt, checkpoint)
+    sd = ckpt.get('state_dict', ckpt)
+    wanted = {}
+    for name in head.state_dict():
+        if name.startswith('blocks.'):
+            j, rest = name[len('blocks.'):].split('.', 1)
+            wanted[name] = f'layers.{offset + int(j)}.{rest}'
+        elif name.startswith('norm.'):
+            wanted[name] = name
+    missing = [src for src in wanted.values() if src not in sd]
+    if missing:
+        raise CheckpointMismatchError(
+            f'{checkpoint} lacks {len(missing)} weight(s) the EoMT query blocks need '
+            f'(first: {missing[0]}); the head takes ViT blocks {offset}.. of a converted '
+            'DINOv2 checkpoint with as many blocks as backbone.num_layers + num_blocks')
+    own = head.state_dict()
+    bad = [f'{src} {tuple(sd[src].shape)} vs {dst} {tuple(own[dst].shape)}'
+           for dst, src in wanted.items() if sd[src].shape != own[dst].shape]
+    if bad:
+        raise CheckpointMismatchError(f'{checkpoint} does not fit the EoMT head: {bad[0]}')
+    head.load_state_dict({dst: sd[src] for dst, src in wanted.items()}, strict=False)

@@ -46,7 +46,9 @@ from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from torch import Tensor
 
-from ..dinov2_layers import Dinov2Block
+from ..cost import CROP, HeadCost, ResizeStep, layer_norm_flops, vit_layer_coeffs
+from ..dinov2_layers import Dinov2Block, swiglu_hidden
+from ..eomt_layers import MaskMLP, ScaleLayer
 from ..packing import Segments
 from .stage_head import HeadOutput, TokenGrid
 
@@ -67,39 +69,6 @@ class EoMTOutput(HeadOutput):
     mask_logits: List[Tensor] = field(default_factory=list)
     class_logits: List[Tensor] = field(default_factory=list)
     active: Optional[Tensor] = None
-
-
-class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of a ``(B, C, H, W)`` map."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
-class ScaleLayer(nn.Module):
-    """2x upscaling: transposed conv 2x2 → GELU → depthwise conv 3x3 → LayerNorm."""
-
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.conv1 = nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
-        self.conv2 = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, bias=False)
-        self.norm = LayerNorm2d(dim, eps=eps)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.norm(self.conv2(F.gelu(self.conv1(x))))
-
-
-class MaskMLP(nn.Module):
-    """Three linear layers with GELU between them (EoMT's mask head)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, dim)
-        self.fc2 = nn.Linear(dim, dim)
-        self.fc3 = nn.Linear(dim, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc3(F.gelu(self.fc2(F.gelu(self.fc1(x)))))
 
 
 @dataclass
@@ -170,13 +139,27 @@ class EoMTHead(BaseModule):
         loss_decode.setdefault('ignore_index', ignore_index)
         self.loss_decode = MODELS.build(loss_decode)
 
+    def init_weights(self) -> None:
+        """mmengine's init; with ``init_cfg=dict(type='Pretrained', checkpoint=...,
+        vit_block_offset=L)`` the query blocks and the norm come from ViT blocks
+        ``L..`` and the final norm of a converted DINOv2 checkpoint (see
+        :func:`dtop.models.converters.eomt.load_vit_blocks`)."""
+        cfg = self.init_cfg
+        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained' \
+                and 'vit_block_offset' in cfg:
+            from ..converters.eomt import load_vit_blocks
+            load_vit_blocks(self, cfg['checkpoint'], int(cfg['vit_block_offset']))
+            self._is_init = True
+            return
+        super().init_weights()
+
     @property
     def upscale_factor(self) -> int:
         return 2 ** len(self.upscale)
 
     # ------------------------------------------------------------ forward
     def _layout(self, segments: Segments, grid: TokenGrid) -> _Layout:
-        B, Q, P = segments.batch_size, self.num_queries, grid.prefix.shape[1]
+        Q, P = self.num_queries, grid.prefix.shape[1]
         dev = grid.pos.device
         joint = Segments.from_lengths([n + Q + P for n in segments.lengths], dev)
         start = joint.cu_seqlens[:-1].long()
@@ -237,7 +220,7 @@ class EoMTHead(BaseModule):
         if grid is None:
             raise ValueError('EoMTHead needs grid= (a TokenGrid): run it through the '
                              'DToP stage loop (DToPEncoderDecoder)')
-        B, Q = segments.batch_size, self.num_queries
+        B = segments.batch_size
         lay = self._layout(segments, grid)
         query = self.query.weight.to(tokens.dtype)[None].expand(B, -1, -1)
         prefix = grid.prefix.to(tokens.dtype)
@@ -308,13 +291,14 @@ class EoMTHead(BaseModule):
         resized to the pixels, then ``softmax(class)[:K] * sigmoid``) at pixels of
         active tokens, the resized score canvas at pixels of exited tokens."""
         size = tuple(int(s) for s in size)
-        masks = F.interpolate(out.mask_logits[-1].float(), size=size, mode='bilinear',
+        dtype = torch.promote_types(final_map.dtype, torch.float32)  # fp32 or better
+        masks = F.interpolate(out.mask_logits[-1].to(dtype), size=size, mode='bilinear',
                               align_corners=False)
-        seg = self._scores(out.image_values.float(), masks)
+        seg = self._scores(out.image_values.to(dtype), masks)
         if bool(out.active.all()):
             return seg
         active = F.interpolate(out.active[:, None].float(), size=size, mode='nearest') > 0
-        return torch.where(active, seg, self.to_pixels(final_map.float(), size))
+        return torch.where(active, seg, self.to_pixels(final_map.to(dtype), size))
 
     def loss_by_canvas(self, out: EoMTOutput, canvas: Tensor, batch_data_samples,
                        patch_size: int) -> Dict[str, Tensor]:
@@ -328,3 +312,61 @@ class EoMTHead(BaseModule):
             for k, v in self.loss_decode(masks, classes, seg_label).items():
                 losses[prefix + k] = v
         return losses
+
+    # ------------------------------------------------------------- cost
+    def cost(self) -> HeadCost:
+        """FLOPs of :meth:`forward_tokens` and :meth:`final_pixels` at inference (see
+        :meth:`cost_of`), read from the built modules."""
+        mlp = self.blocks[0].mlp
+        return self.cost_of(self.in_channels, self.num_classes, len(self.blocks),
+                            self.num_queries, mlp.hidden_features, mlp.ffn_type,
+                            len(self.upscale))
+
+    @classmethod
+    def cost_of(cls, in_channels: int, num_classes: int, num_blocks: int = 4,
+                num_queries: int = 100, ffn_channels: Optional[int] = None,
+                ffn_type: str = 'mlp', num_upscale_layers: int = 2) -> HeadCost:
+        """:class:`HeadCost` of an EoMT head of these dims at inference (masked
+        attention annealed off: one prediction, after the last block).
+
+        The polynomial is in ``m = n + P``: the ``P`` prefix tokens are the
+        backbone's, so the head declares ``with_prefix_tokens`` and the cost model
+        adds the backbone's count. With width ``C``, ``Q`` queries, ``K`` classes:
+
+        * each of the ``num_blocks`` blocks is a pre-norm ViT layer on ``Q + m``
+          tokens (FFN ``2 C F``, SwiGLU ``3 C F``; layer scale is free);
+        * the prediction: ``norm`` ``5 C (Q + m)``, class head ``Q C (K + 1)``, mask
+          MLP ``3 Q C^2``;
+        * per cell of the full ``h x w`` grid (:attr:`HeadCost.per_grid_token`):
+          scale layer ``i`` at ``4^i`` pixels per cell (transposed conv ``C^2``,
+          depthwise conv ``9 C``, LayerNorm ``5 C`` each), the mask einsum
+          ``Q C`` per pixel at stride 4, the token scores ``Q K`` (the 4x4
+          average pool is free);
+        * pixel steps: the ``Q`` mask logits resized to the crop, ``Q K`` per pixel
+          for the semantic scores;
+        * once tokens exited (:attr:`HeadCost.if_exited`): ``norm`` on every grid
+          cell of the frozen states (``5 C``), and at the crop a nearest resize of
+          the active mask (1 per pixel) and the bilinear resize of the ``K`` canvas
+          maps. (In a batch, every image pays these once any image has an exit;
+          the cost model, per image, charges them to images with exits.)
+
+        No mmseg counterpart.
+        """
+        C, K, Q, L = in_channels, num_classes, num_queries, num_blocks
+        hidden = ffn_channels if ffn_channels is not None else (
+            swiglu_hidden(C, 4.0) if ffn_type == 'swiglu' else 4 * C)
+        block = vit_layer_coeffs(C, hidden, extra_tokens=Q, ffn_type=ffn_type)
+        grid = sum(4 ** i * (C * C + 9 * C + layer_norm_flops(1, C))
+                   for i in range(1, num_upscale_layers + 1))
+        grid += 4 ** num_upscale_layers * Q * C + Q * K
+        exited = HeadCost(num_classes=K, per_grid_token=layer_norm_flops(1, C),
+                          pixel_steps=(ResizeStep(0, CROP, per_pixel=1), ResizeStep(K, CROP)),
+                          name=cls.__name__)
+        return HeadCost(num_classes=K,
+                        per_image=(L * block[0] + layer_norm_flops(Q, C) + Q * C * (K + 1)
+                                   + 3 * Q * C * C),
+                        per_token=L * block[1] + layer_norm_flops(1, C),
+                        per_token_sq=L * block[2],
+                        pixel_steps=(ResizeStep(Q, CROP, per_pixel=Q * K), ),
+                        name=cls.__name__, with_prefix_tokens=True, per_grid_token=grid,
+                        if_exited=exited)
