@@ -66,7 +66,8 @@ class ViTLayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             raise OptionError(f'optim_wrapper.paramwise_cfg: {sorted(paramwise_cfg)} are not '
                               'supported with ViTLayerDecayOptimWrapperConstructor (only '
                               'decay_rate)')
-        super().__init__(optim_wrapper_cfg, None)
+        # a non-empty paramwise_cfg makes the default constructor call add_params
+        super().__init__(optim_wrapper_cfg, dict(decay_rate=self.decay_rate))
 
     def add_params(self, params: List[dict], module: nn.Module, **kwargs) -> None:
         model = getattr(module, 'module', module)

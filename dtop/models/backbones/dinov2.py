@@ -185,7 +185,7 @@ class DToPDinov2(BaseModule):
             torch.zeros(1, num_register_tokens, embed_dims)) if num_register_tokens else None
         num_pos = int(self.pos_embed_cls) + self.grid_size[0] * self.grid_size[1]
         self.pos_embed = nn.Parameter(torch.zeros(1, num_pos, embed_dims))
-        rates = torch.linspace(0, drop_path_rate, num_layers).tolist()
+        rates = [drop_path_rate * i / max(1, num_layers - 1) for i in range(num_layers)]
         self.layers = nn.ModuleList([
             Dinov2Block(embed_dims, num_heads, mlp_ratio, ffn_type, layer_scale_init, qkv_bias,
                         eps=1e-6, drop_path=rate) for rate in rates])
