@@ -52,7 +52,7 @@ def build_model(cfg: Config, init_weights: bool = False):
     """The segmentor of ``cfg`` (CPU, train mode as built), without a checkpoint.
 
     Pretrained-weight downloads are switched off (``pretrained``, the backbone's
-    ``init_cfg``); ``cfg`` itself is not changed.
+    ``init_cfg``, a decode head's ``Pretrained`` one); ``cfg`` itself is not changed.
 
     Args:
         cfg (Config): from :func:`load_config`.
@@ -65,6 +65,8 @@ def build_model(cfg: Config, init_weights: bool = False):
     model_cfg.pop('pretrained', None)
     if (model_cfg.get('backbone') or {}).get('init_cfg') is not None:
         model_cfg.backbone.init_cfg = None
+    if ((model_cfg.get('decode_head') or {}).get('init_cfg') or {}).get('type') == 'Pretrained':
+        model_cfg.decode_head.init_cfg = None  # (EoMT's query blocks from DINOv2)
     if (model_cfg.get('init_cfg') or {}).get('type') == 'Pretrained':
         model_cfg.init_cfg = None
     init_default_scope(cfg.get('default_scope', 'mmseg'))

@@ -210,5 +210,23 @@ def test_registered_and_missing_library_message(monkeypatch):
     assert isinstance(MODELS.build(dict(type='MaskClassificationLoss', num_classes=K)),
                       MaskClassificationLoss)
     monkeypatch.setitem(sys.modules, 'transformers', None)
+    loss = MaskClassificationLoss(num_classes=K)  # building needs no transformers...
     with pytest.raises(ImportError, match=r'pip install -e "\.\[optional\]"'):
-        MaskClassificationLoss(num_classes=K)
+        loss(torch.randn(1, 3, 8, 8), torch.randn(1, 3, K + 1),
+             torch.randint(K, (1, 8, 8)))  # ...computing it does
+
+
+def test_eomt_model_predicts_without_transformers(monkeypatch):
+    """An EoMT model builds and predicts with transformers missing (inference needs
+    only the training loss's library when it trains)."""
+    import sys
+
+    from mmseg.registry import MODELS
+
+    from tests.utils.tiny_models import tiny_model_cfg
+    monkeypatch.setitem(sys.modules, 'transformers', None)
+    model = MODELS.build(tiny_model_cfg('eomt', prune_threshold=0.5)).eval()
+    model.init_weights()
+    with torch.no_grad():
+        probs = model(torch.randn(2, 3, 64, 64), mode='tensor')
+    assert probs.shape == (2, 5, 64, 64) and torch.isfinite(probs).all()

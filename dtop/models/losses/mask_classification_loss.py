@@ -141,17 +141,24 @@ class MaskClassificationLoss(nn.Module):
         self.mask_weight = float(mask_weight)
         self.dice_weight = float(dice_weight)
         self.ignore_index = ignore_index
-        self.criterion = _library_loss(dict(
+        self._library_kwargs = dict(
             num_labels=num_classes, no_object_weight=float(no_object_weight),
             class_weight=self.class_weight, mask_weight=self.mask_weight,
             dice_weight=self.dice_weight, train_num_points=int(num_points),
             oversample_ratio=float(oversample_ratio),
-            importance_sample_ratio=float(importance_sample_ratio)))
-        # The no-object class weights derive from the arguments: keep them out of
-        # checkpoints (they still follow .to(device)).
-        empty_weight = self.criterion.empty_weight
-        del self.criterion.empty_weight
-        self.criterion.register_buffer('empty_weight', empty_weight, persistent=False)
+            importance_sample_ratio=float(importance_sample_ratio))
+
+    @property
+    def criterion(self) -> nn.Module:
+        """The library's loss, built at the first use: a model that only predicts
+        (an EoMT checkpoint at test time) needs no ``transformers``. It is kept out
+        of the module tree (its no-object weights derive from the arguments, so they
+        stay out of checkpoints)."""
+        crit = self.__dict__.get('_criterion')
+        if crit is None:
+            crit = _library_loss(self._library_kwargs)
+            self.__dict__['_criterion'] = crit
+        return crit
 
     def _check(self, mask_logits: Tensor, class_logits: Tensor, labels: Tensor) -> None:
         if mask_logits.dim() != 4 or class_logits.dim() != 3:
@@ -198,7 +205,7 @@ class MaskClassificationLoss(nn.Module):
         self._check(mask_logits, class_logits, labels)
         masks, classes = semantic_to_mask_targets(labels, self.ignore_index)
         masks = [m.to(mask_logits.dtype) for m in masks]
-        crit = self.criterion
+        crit = self.criterion.to(class_logits.device)
         indices = crit.matcher(masks_queries_logits=mask_logits,
                                class_queries_logits=class_logits,
                                mask_labels=masks, class_labels=classes)
