@@ -92,3 +92,28 @@ def test_small_model_runs_with_real_dims():
         probs = model(torch.randn(1, 3, 64, 96), mode='tensor')
     assert probs.shape == (1, 150, 64, 96)
     assert float(probs.min()) >= 0 and torch.isfinite(probs).all()
+
+
+def test_metafile_and_readme_match_the_configs():
+    import re
+
+    import yaml
+    folder = ROOT / 'configs' / 'eomt'
+    meta = yaml.safe_load((folder / 'metafile.yaml').read_text())
+    names = sorted(Path(m['Config']).name for m in meta['Models'])
+    assert names == sorted(p.name for p in folder.glob('*.py'))
+    readme = (folder / 'README.md').read_text()
+    for m in meta['Models']:
+        cfg = Config.fromfile(str(ROOT / m['Config']), import_custom_modules=False)
+        md = m['Metadata']
+        assert md['Iterations'] == cfg.train_cfg.max_iters
+        assert md['Batch Size'] == 4 * cfg.train_dataloader.batch_size
+        assert md['Crop Size'] == '({},{})'.format(*cfg.model.data_preprocessor.size)
+        if 'Prune Threshold' in md:
+            assert md['Prune Threshold'] == cfg.model.prune_threshold
+        row = next(line for line in readme.splitlines()
+                   if f'[config]({Path(m["Config"]).name})' in line)
+        if 'FLOPs (G)' in md:
+            assert str(md['FLOPs (G)']) in row
+    for link in re.findall(r'\[config\]\(([^)]+)\)', readme):
+        assert (folder / link).is_file(), link
