@@ -20,9 +20,9 @@
 #               1. tests/test_models/test_packing_cuda.py (packed attention backends
 #                  vs per-image SDPA in fp32/bf16/fp16 with gradients; tiny model:
 #                  p0=1 == dense, pruned batch == images one by one);
-#               2. tools/analysis_tools/benchmark.py, ViT-B 512 and ViT-L 640 (random
-#                  weights, forced keep 0.6 +- 0.2), dense/pruned x fp32/bf16, batch
-#                  1/8/32, on generated demo images;
+#               2. tools/analysis_tools/benchmark.py, ViT-B 512, ViT-L 640 and EoMT-L
+#                  512 (random weights, forced keep 0.6 +- 0.2), dense/pruned x
+#                  fp32/bf16, batch 1/8/32, on generated demo images;
 #               3. a 20-iteration --amp training of the demo config (tools/train.py),
 #                  then tools/dist_test.sh (GPUS=1) on its checkpoint.
 #             and writes one markdown table (step, result, key numbers, seconds) to
@@ -550,12 +550,14 @@ if [[ "$MODE" == dry ]]; then
   else
     BENCH_ARGS+=(--warmup 0)
     BENCHES=("vit-b16_512 configs/segvit/segvit_vit-b16_4xb4-160k_ade20k-512x512.py"
-             "vit-l16_640 configs/segvit/segvit_vit-l16_4xb4-160k_ade20k-640x640.py")
+             "vit-l16_640 configs/segvit/segvit_vit-l16_4xb4-160k_ade20k-640x640.py"
+             "eomt-l16_512 configs/eomt/eomt_vit-l16-dinov2-reg4_4xb4-39k_ade20k-512x512.py")
   fi
   BENCH_CAP=900
 else
   BENCHES=("vit-b16_512 configs/segvit/segvit_vit-b16_4xb4-160k_ade20k-512x512.py"
-           "vit-l16_640 configs/segvit/segvit_vit-l16_4xb4-160k_ade20k-640x640.py")
+           "vit-l16_640 configs/segvit/segvit_vit-l16_4xb4-160k_ade20k-640x640.py"
+           "eomt-l16_512 configs/eomt/eomt_vit-l16-dinov2-reg4_4xb4-39k_ade20k-512x512.py")
   if [[ "$QUICK" == 1 ]]; then
     BENCH_ARGS=(--device cuda --batch-sizes 1 8 --num-crops 8 --repeats 2 --warmup 1)
   else
