@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole DToP story on CPU in minutes, on the embedded synthetic dataset:
 #
-#   bash tools/run_demo.sh [-v] [--model segvit|setr|segmenter] [--update-readme-image] [WORK_DIR]
+#   bash tools/run_demo.sh [-v] [--model segvit|setr|segmenter|eomt] [--update-readme-image] [WORK_DIR]
 #
 #   WORK_DIR defaults to work_dirs/demo (segvit) or work_dirs/demo_<model>.
 #   -v, --verbose   show the full output of every step (config dumps, hook tables,
@@ -56,13 +56,15 @@ declare -A BASE_CONFIGS=(
   [segvit]=configs/demo/segvit_vit-t16-8l_1xb8-1200_demo-128x128.py
   [setr]=configs/demo/setr-naive_vit-t16-8l_1xb8-1200_demo-128x128.py
   [segmenter]=configs/demo/segmenter-mask_vit-t16-8l_1xb8-1200_demo-128x128.py
+  [eomt]=configs/demo/eomt_vit-t16-8l_1xb8-1200_demo-128x128.py
 )
 declare -A DTOP_CONFIGS=(
   [segvit]=configs/demo/dtop_segvit_vit-t16-8l_1xb8-100_demo-128x128.py
   [setr]=configs/demo/dtop_setr-naive_vit-t16-8l_1xb8-100_demo-128x128.py
   [segmenter]=configs/demo/dtop_segmenter-mask_vit-t16-8l_1xb8-100_demo-128x128.py
+  [eomt]=configs/demo/dtop_eomt_vit-t16-8l_1xb8-100_demo-128x128.py
 )
-MODEL_NAMES="segvit, setr, segmenter"
+MODEL_NAMES="segvit, setr, segmenter, eomt"
 MARKER=.dtop-demo
 # Everything the demo writes into WORK_DIR (an unmarked folder holding only these
 # names is an earlier demo run and is adopted).

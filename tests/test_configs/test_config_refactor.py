@@ -89,7 +89,9 @@ def test_head_settings_are_declared_once(leaf):
 
 
 def test_every_demo_config_has_a_pre_refactor_twin():
-    shipped = sorted(f'demo/{p.name}' for p in (ROOT / 'configs/demo').glob('*.py'))
+    # the EoMT demo came after the refactor (tests/test_demo/test_demo_eomt_configs.py)
+    shipped = sorted(f'demo/{p.name}' for p in (ROOT / 'configs/demo').glob('*.py')
+                     if 'eomt' not in p.name)
     assert len(DEMO_LEAVES) == 6
     assert shipped == DEMO_LEAVES
 

@@ -87,7 +87,8 @@ def test_unknown_model_and_missing_demo_config(tmp_path):
     for model, cfg in (('segvit', 'configs/demo/segvit_vit-t16-8l_1xb8-1200_demo-128x128.py'),
                        ('setr', 'configs/demo/setr-naive_vit-t16-8l_1xb8-1200_demo-128x128.py'),
                        ('segmenter',
-                        'configs/demo/segmenter-mask_vit-t16-8l_1xb8-1200_demo-128x128.py')):
+                        'configs/demo/segmenter-mask_vit-t16-8l_1xb8-1200_demo-128x128.py'),
+                       ('eomt', 'configs/demo/eomt_vit-t16-8l_1xb8-1200_demo-128x128.py')):
         proc = run_demo('--model', model, script=fake / 'tools' / 'run_demo.sh')
         assert proc.returncode == 1
         assert f'--model {model}: config {cfg} not found' in proc.stderr, proc.stderr
@@ -131,7 +132,7 @@ def test_update_readme_image_is_for_the_segvit_demo_only(tmp_path):
 def test_help_and_bad_option():
     proc = run_demo('--help')
     assert proc.returncode == 0
-    assert 'bash tools/run_demo.sh [-v] [--model segvit|setr|segmenter] ' \
+    assert 'bash tools/run_demo.sh [-v] [--model segvit|setr|segmenter|eomt] ' \
         '[--update-readme-image] [WORK_DIR]' in proc.stdout
     assert '--update-readme-image' in proc.stdout.split('[WORK_DIR]', 1)[1]  # explained
     proc = run_demo('--fast')

@@ -201,7 +201,7 @@ class DToPDinov2(BaseModule):
 
     # ------------------------------------------------------------------ weights
     def init_weights(self) -> None:
-        """Random init (trunc-normal 0.02 for ``pos_embed`` / ``cls_token``, zero
+        """Random init (trunc-normal 0.02 for ``pos_embed`` / ``cls_token``, near-zero distinct
         registers, trunc-normal linears), or ``init_cfg=Pretrained`` weights written
         by ``tools/model_converters/dinov2_to_dtop.py`` (read by the safe loader,
         refused when not finite, position embedding resized to this grid; what does
@@ -210,8 +210,8 @@ class DToPDinov2(BaseModule):
         if not (isinstance(cfg, dict) and cfg.get('type') == 'Pretrained'):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
             nn.init.trunc_normal_(self.cls_token, std=0.02)
-            if self.register_tokens is not None:
-                nn.init.zeros_(self.register_tokens)
+            if self.register_tokens is not None:  # DINOv2's: tiny but distinct (zeros
+                nn.init.normal_(self.register_tokens, std=1e-6)  # would stay equal)
             for m in self.modules():
                 if isinstance(m, nn.Linear):
                     nn.init.trunc_normal_(m.weight, std=0.02)
