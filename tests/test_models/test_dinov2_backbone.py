@@ -9,26 +9,10 @@ import torch
 import dtop  # noqa: F401  (registers DToPDinov2)
 from dtop.models.backbones.dinov2 import DToPDinov2, interpolate_pos_embed
 from dtop.models.converters import convert_hf_dinov2, convert_timm_dinov2
+from tests.utils.random_weights import randomize  # noqa: E402
 
 C, LAYERS, HEADS, REGS, PATCH, IMG = 64, 4, 4, 4, 14, 56
 
-
-def randomize(model, seed):
-    """Every parameter random: norms near 1, layer scales near 0.5, the rest
-    ``N(0, 0.1)`` (tokens ``N(0, 0.5)``), so nothing is trivially zero or one."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if 'norm' in name and name.endswith('weight'):
-                p.copy_(1 + 0.1 * noise)
-            elif name.endswith(('lambda1', 'gamma')):
-                p.copy_(0.5 + 0.2 * noise)
-            elif name.endswith(('token', 'tokens', 'embeddings', 'pos_embed')):
-                p.copy_(0.5 * noise)
-            else:
-                p.copy_(0.1 * noise)
-    return model.eval()
 
 
 def hf_model(seed=0, swiglu=False, registers=REGS):

@@ -100,8 +100,8 @@ def test_equals_transformers_eomt(size, probs):
 class _Recorder(ConfidenceThreshold):
     """The confidence rule, recording each stage's token confidences."""
 
-    def __init__(self, p0):
-        super().__init__(p0)
+    def __init__(self, p0, topk):
+        super().__init__(p0, topk)
         self.seen = {}
 
     def __call__(self, stage, scores, segments):
@@ -119,7 +119,11 @@ def _gap(conf):
 
 def _pruned(seed, images):
     """A tiny EoMT with two ATM auxiliary heads whose thresholds lie in gaps of the
-    confidences on ``images`` (so tokens exit at both, in ragged numbers)."""
+    confidences on ``images`` (so tokens exit at both, in ragged numbers).
+
+    ``k = 0``: which of several near-certain tokens are the top ``k`` of a class is
+    decided by float noise (batch vs one image), so the comparison keeps no context
+    tokens; the top-k rule has its own tests (test_pruning_rule.py)."""
     size = tuple(images.shape[-2:])
     hf = _hf_eomt(seed, size, num_blocks=2, layers=7)
     hf.attn_mask_probs.zero_()
@@ -130,11 +134,11 @@ def _pruned(seed, images):
     thresholds = [1.0, 1.0]
     for stage in range(2):  # (just below 1 the stage consults the rule; no one exits)
         recorder = model.set_exit_policy(_Recorder(
-            thresholds[:stage] + [1 - 1e-7] + thresholds[stage + 1:]))
+            thresholds[:stage] + [1 - 1e-7] + thresholds[stage + 1:], topk=0))
         with torch.no_grad():
             model.run_stages(images, all_heads=True)
         thresholds[stage] = _gap(torch.cat(recorder.seen[stage]))
-    model.set_exit_policy(ConfidenceThreshold(thresholds))
+    model.set_exit_policy(ConfidenceThreshold(thresholds, topk=0))
     return hf, model
 
 

@@ -18,6 +18,7 @@ from dtop.models.converters import (ConversionError, MissingPackageError, conver
 from dtop.models.dinov2_layers import Dinov2Block
 from dtop.utils.checkpoint import compare_state_dict
 from dtop.utils.errors import CheckpointMismatchError, run_cli
+from tests.utils.random_weights import randomize  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 C, LAYERS, HEADS, REGS, PATCH, IMG = 64, 4, 4, 4, 14, 56
@@ -33,21 +34,6 @@ def load_tool():
 
 TOOL = load_tool()
 
-
-def randomize(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if 'norm' in name and name.endswith('weight'):
-                p.copy_(1 + 0.1 * noise)
-            elif name.endswith(('lambda1', 'gamma')):
-                p.copy_(0.5 + 0.2 * noise)
-            elif name.endswith(('token', 'tokens', 'embeddings', 'pos_embed')):
-                p.copy_(0.5 * noise)
-            else:
-                p.copy_(0.1 * noise)
-    return model.eval()
 
 
 def hf_registers_model(seed=0, swiglu=False):

@@ -16,7 +16,7 @@ to every input grid as DINOv2 does (:func:`interpolate_pos_embed`). Weights of
 transformers / timm DINOv2 models: ``tools/model_converters/dinov2_to_dtop.py``.
 """
 import math
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -28,6 +28,7 @@ from torch import Tensor
 
 from ..dinov2_layers import Dinov2Block
 from ..packing import Segments
+from .stages import StagesMixin, resolve_out_indices
 
 Size = Union[int, Sequence[int]]
 
@@ -102,7 +103,7 @@ class PatchEmbed(nn.Module):
 
 
 @MODELS.register_module()
-class DToPDinov2(BaseModule):
+class DToPDinov2(StagesMixin, BaseModule):
     """DINOv2 ViT with stage-wise execution over packed active tokens.
 
     Args:
@@ -191,13 +192,7 @@ class DToPDinov2(BaseModule):
                         eps=1e-6, drop_path=rate) for rate in rates])
         self.norm = nn.LayerNorm(embed_dims, eps=1e-6) if final_norm else None
 
-        indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
-        resolved = [i % num_layers for i in indices] if num_layers > 0 else []
-        if not resolved or sorted(set(resolved)) != resolved or \
-                resolved[-1] != num_layers - 1:
-            raise ValueError(f'out_indices must be strictly increasing and end at the '
-                             f'last layer ({num_layers - 1}); got {out_indices}.')
-        self.out_indices = resolved
+        self.out_indices = resolve_out_indices(out_indices, num_layers)
 
     # ------------------------------------------------------------------ weights
     def init_weights(self) -> None:
@@ -286,16 +281,6 @@ class DToPDinov2(BaseModule):
 
     # ------------------------------------------------------------------ stage API
     @property
-    def stage_ranges(self) -> List[Tuple[int, int]]:
-        """``[(start, end), ...]`` layer ranges of the stages."""
-        starts = [0] + [i + 1 for i in self.out_indices[:-1]]
-        return [(s, e + 1) for s, e in zip(starts, self.out_indices)]
-
-    @property
-    def num_stages(self) -> int:
-        return len(self.out_indices)
-
-    @property
     def num_prefix_tokens(self) -> int:
         """Tokens per image that are not patches: the cls token and the registers."""
         return 1 + self.num_register_tokens
@@ -355,11 +340,6 @@ class DToPDinov2(BaseModule):
             else:
                 x = layer.forward_packed(x, segments, self.attention_backend)
         return x
-
-    @staticmethod
-    def prefix_mask(pos: Tensor) -> Tensor:
-        """``(T,)`` bool, True for prefix tokens (cls, registers), which never exit."""
-        return pos < 0
 
     def head_tokens(self, x: Tensor, pos: Tensor, segments: Segments,
                     final: bool) -> Tuple[Tensor, Tensor, Segments]:

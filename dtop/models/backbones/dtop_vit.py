@@ -14,7 +14,7 @@ heads read the patch tokens only (:meth:`head_tokens`), with ``final_norm`` appl
 to the tokens the final head reads, exactly where mmseg's dense ViT applies it.
 """
 import math
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 import torch.utils.checkpoint as cp
@@ -24,12 +24,13 @@ from torch import Tensor
 
 from ..packed_layers import packed_layer_forward
 from ..packing import Segments
+from .stages import StagesMixin, resolve_out_indices
 
 CLS_POS = -1  # grid index given to the cls token in packed position vectors
 
 
 @MODELS.register_module()
-class DToPVisionTransformer(VisionTransformer):
+class DToPVisionTransformer(StagesMixin, VisionTransformer):
     """mmseg ``VisionTransformer`` with stage-wise execution over packed active tokens.
 
     Args:
@@ -60,12 +61,7 @@ class DToPVisionTransformer(VisionTransformer):
         out_indices = list(out_indices) if not isinstance(out_indices, int) else [out_indices]
         super().__init__(out_indices=out_indices, with_cls_token=with_cls_token,
                          patch_bias=patch_bias, **kwargs)
-        num_layers = len(self.layers)
-        resolved = [i % num_layers for i in out_indices]
-        if sorted(set(resolved)) != resolved or resolved[-1] != num_layers - 1:
-            raise ValueError(f'out_indices must be strictly increasing and end at the '
-                             f'last layer ({num_layers - 1}); got {out_indices}.')
-        self.out_indices = resolved
+        self.out_indices = resolve_out_indices(out_indices, len(self.layers))
         self.attention_backend = attention_backend
 
     def init_weights(self) -> None:
@@ -92,16 +88,6 @@ class DToPVisionTransformer(VisionTransformer):
         summarize_partial_load(self, state_dict, f'ImageNet weights {cfg["checkpoint"]}')
         self.load_state_dict(state_dict, strict=False)
         self._is_init = True
-
-    @property
-    def stage_ranges(self) -> List[Tuple[int, int]]:
-        """``[(start, end), ...]`` layer ranges of the stages."""
-        starts = [0] + [i + 1 for i in self.out_indices[:-1]]
-        return [(s, e + 1) for s, e in zip(starts, self.out_indices)]
-
-    @property
-    def num_stages(self) -> int:
-        return len(self.out_indices)
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -166,11 +152,6 @@ class DToPVisionTransformer(VisionTransformer):
             else:
                 x = packed_layer_forward(layer, x, segments, self.attention_backend)
         return x
-
-    @staticmethod
-    def prefix_mask(pos: Tensor) -> Tensor:
-        """``(T,)`` bool, True for prefix tokens (cls), which never exit."""
-        return pos < 0
 
     def head_tokens(self, x: Tensor, pos: Tensor, segments: Segments,
                     final: bool) -> Tuple[Tensor, Tensor, Segments]:
