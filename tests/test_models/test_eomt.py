@@ -217,3 +217,22 @@ def test_threshold_one_reproduces_eomt_with_aux_heads():
     torch.testing.assert_close(out.mask_logits[-1], ref.masks_queries_logits,
                                rtol=1e-5, atol=1e-5)
 
+
+
+def test_bf16_inference_gives_an_fp32_map_close_to_fp32():
+    """``test_cfg.precision='bf16'``: the final map is fp32 (EoMT's resize and class x
+    mask einsum run outside autocast, like the other heads' final maps)."""
+    from tests.utils.tiny_models import tiny_model_cfg
+    size = (96, 128)  # (no pruning: a bf16 score near p0 may exit where fp32 does not)
+    model = MODELS.build(tiny_model_cfg('eomt', img_size=size))
+    model.init_weights()
+    model.eval().decode_head.attn_mask_probs.zero_()
+    x = torch.randn(2, 3, *size)
+    metas = [dict(ori_shape=size, img_shape=size)] * 2
+    with torch.no_grad():
+        ref = model.inference(x, metas)
+        model.test_cfg.precision = 'bf16'
+        got = model.inference(x, metas)
+    assert got.dtype == torch.float32
+    assert (got - ref).abs().max() < 0.1
+    assert (got.argmax(1) == ref.argmax(1)).float().mean() > 0.9

@@ -292,13 +292,16 @@ class EoMTHead(BaseModule):
         active tokens, the resized score canvas at pixels of exited tokens."""
         size = tuple(int(s) for s in size)
         dtype = torch.promote_types(final_map.dtype, torch.float32)  # fp32 or better
-        masks = F.interpolate(out.mask_logits[-1].to(dtype), size=size, mode='bilinear',
-                              align_corners=False)
-        seg = self._scores(out.image_values.to(dtype), masks)
-        if bool(out.active.all()):
-            return seg
-        active = F.interpolate(out.active[:, None].float(), size=size, mode='nearest') > 0
-        return torch.where(active, seg, self.to_pixels(final_map.to(dtype), size))
+        # in fp32 under autocast too, like the other heads' final maps
+        with torch.autocast(final_map.device.type, enabled=False):
+            masks = F.interpolate(out.mask_logits[-1].to(dtype), size=size, mode='bilinear',
+                                  align_corners=False)
+            seg = self._scores(out.image_values.to(dtype), masks)
+            if bool(out.active.all()):
+                return seg
+            active = F.interpolate(out.active[:, None].float(), size=size,
+                                   mode='nearest') > 0
+            return torch.where(active, seg, self.to_pixels(final_map.to(dtype), size))
 
     def loss_by_canvas(self, out: EoMTOutput, canvas: Tensor, batch_data_samples,
                        patch_size: int) -> Dict[str, Tensor]:
