@@ -363,16 +363,3 @@ class DToPDinov2(StagesMixin, BaseModule):
         if final and self.norm is not None:
             x = self.norm(x)
         return x, pos, segments
-
-    def forward(self, inputs: Tensor) -> Tuple[Tensor, ...]:
-        """Dense forward: features ``(B, C, h, w)`` at ``out_indices`` (the last one
-        after ``norm`` when ``final_norm``)."""
-        x, pos, segments, (h, w) = self.embed_packed(inputs)
-        B = inputs.shape[0]
-        outs = []
-        for s, (start, end) in enumerate(self.stage_ranges):
-            x = self.forward_layers_packed(x, segments, start, end)
-            feats, _, _ = self.head_tokens(x, pos, segments, final=s == self.num_stages - 1)
-            outs.append(feats.view(B, h * w, -1).transpose(1, 2)
-                        .reshape(B, -1, h, w).contiguous())
-        return tuple(outs)

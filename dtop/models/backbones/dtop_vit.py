@@ -178,15 +178,3 @@ class DToPVisionTransformer(StagesMixin, VisionTransformer):
         if final and self.final_norm:
             x = self.ln1(x)
         return x, pos, segments
-
-    def forward(self, inputs: Tensor) -> Tuple[Tensor, ...]:
-        """Dense forward, as mmseg's: features ``(B, C, h, w)`` at ``out_indices``."""
-        x, pos, segments, (h, w) = self.embed_packed(inputs)
-        B = inputs.shape[0]
-        outs = []
-        for s, (start, end) in enumerate(self.stage_ranges):
-            x = self.forward_layers_packed(x, segments, start, end)
-            feats, _, _ = self.head_tokens(x, pos, segments, final=s == self.num_stages - 1)
-            outs.append(feats.view(B, h * w, -1).transpose(1, 2)
-                        .reshape(B, -1, h, w).contiguous())
-        return tuple(outs)

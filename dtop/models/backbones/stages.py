@@ -1,5 +1,7 @@
-"""What every stage-wise DToP backbone shares: stages cut at ``out_indices``, and
-prefix tokens (cls, registers) marked by negative grid positions."""
+"""What every stage-wise DToP backbone shares: stages cut at ``out_indices``,
+prefix tokens (cls, registers) marked by negative grid positions, and the dense
+forward built from the stage API (``embed_packed``, ``forward_layers_packed``,
+``head_tokens``)."""
 from typing import List, Sequence, Tuple, Union
 
 from torch import Tensor
@@ -20,7 +22,8 @@ def resolve_out_indices(out_indices: Union[int, Sequence[int]], num_layers: int)
 
 
 class StagesMixin:
-    """``stage_ranges``, ``num_stages`` and ``prefix_mask`` from ``self.out_indices``."""
+    """``stage_ranges``, ``num_stages``, ``prefix_mask`` from ``self.out_indices``, and
+    the dense ``forward``."""
 
     out_indices: List[int]
 
@@ -38,3 +41,16 @@ class StagesMixin:
     def prefix_mask(pos: Tensor) -> Tensor:
         """``(T,)`` bool, True for prefix tokens (cls, registers), which never exit."""
         return pos < 0
+
+    def forward(self, inputs: Tensor) -> Tuple[Tensor, ...]:
+        """Dense forward, as mmseg's backbones: features ``(B, C, h, w)`` at
+        ``out_indices`` (the last one after the final norm, if the backbone has one)."""
+        x, pos, segments, (h, w) = self.embed_packed(inputs)
+        B = inputs.shape[0]
+        outs = []
+        for s, (start, end) in enumerate(self.stage_ranges):
+            x = self.forward_layers_packed(x, segments, start, end)
+            feats, _, _ = self.head_tokens(x, pos, segments, final=s == self.num_stages - 1)
+            outs.append(feats.view(B, h * w, -1).transpose(1, 2)
+                        .reshape(B, -1, h, w).contiguous())
+        return tuple(outs)
