@@ -33,6 +33,8 @@ from typing import Mapping, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
+from .dinov2_layers import FFN_TYPES
+
 ArrayLike = Union[int, float, np.ndarray]
 
 #: :attr:`ResizeStep.to` target: the pixels the token grid covers (each side times
@@ -50,9 +52,6 @@ def as_float(n) -> ArrayLike:
 
 
 # --------------------------------------------------------------------- per layer
-
-
-FFN_TYPES = ('mlp', 'swiglu')
 
 
 def ffn_flops(embed_dims: int, ffn_channels: int, ffn_type: str = 'mlp') -> int:

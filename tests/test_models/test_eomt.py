@@ -56,7 +56,7 @@ def _model_cfg(arch, image_size, aux_after=(), prune_threshold=1.0):
 
 def _ours(hf, image_size, aux_after=(), prune_threshold=1.0):
     state = convert_hf_eomt(hf.state_dict())
-    arch = eomt_arch(hf.state_dict(), NUM_HEADS)
+    arch = eomt_arch(state, NUM_HEADS)
     model = MODELS.build(_model_cfg(arch, image_size, aux_after, prune_threshold))
     model.init_weights()
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -18,11 +18,9 @@ import os.path as osp
 import sys
 from typing import List, Optional
 
-HERE = osp.dirname(osp.abspath(__file__))
-ROOT = osp.abspath(osp.join(HERE, '..', '..'))
-for path in (ROOT, HERE):
-    if path not in sys.path:
-        sys.path.insert(0, path)
+ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 
 def parse_args(argv: Optional[List[str]] = None):
@@ -39,14 +37,13 @@ def parse_args(argv: Optional[List[str]] = None):
 
 def main(argv: Optional[List[str]] = None) -> str:
     import torch
-    from dinov2_to_dtop import read_source
-
     from dtop.models.converters.eomt import convert_hf_eomt, eomt_arch
+    from dtop.models.converters.source import read_source
     args = parse_args(argv)
     sd = read_source(args.src, args.trust_checkpoint)
     dropped: List[str] = []
     state = convert_hf_eomt(sd, dropped)
-    arch = eomt_arch(sd, args.num_heads)
+    arch = eomt_arch(state, args.num_heads)
     ckpt = dict(state_dict={k: v.detach().contiguous() for k, v in state.items()},
                 meta=dict(converter='tools/model_converters/eomt_to_dtop.py', arch=arch))
     os.makedirs(osp.dirname(osp.abspath(args.dst)), exist_ok=True)

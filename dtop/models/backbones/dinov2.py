@@ -215,13 +215,10 @@ class DToPDinov2(StagesMixin, BaseModule):
             if cfg is not None:  # any other init_cfg applies on top
                 super().init_weights()
             return
-        from mmengine.runner.checkpoint import CheckpointLoader
+        from dtop.utils.checkpoint import read_checkpoint, summarize_partial_load
 
-        from dtop.utils.checkpoint import check_finite_weights, summarize_partial_load
-        # the safe loader (registered by dtop.utils.checkpoint): nothing in the file runs
-        ckpt = CheckpointLoader.load_checkpoint(cfg['checkpoint'], logger=None,
-                                                map_location='cpu')
-        check_finite_weights(ckpt, cfg['checkpoint'])
+        # the safe loader (nothing in the file runs); NaN/Inf weights refused
+        ckpt = read_checkpoint(cfg['checkpoint'])
         meta = ckpt.get('meta') if isinstance(ckpt.get('meta'), dict) else {}
         state_dict = dict(ckpt.get('state_dict', ckpt))
         prefix = cfg.get('prefix')  # as mmengine's: e.g. 'backbone.' of a segmentor

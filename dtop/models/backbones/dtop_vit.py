@@ -71,13 +71,10 @@ class DToPVisionTransformer(StagesMixin, VisionTransformer):
         cfg = self.init_cfg
         if not (isinstance(cfg, dict) and cfg.get('type') == 'Pretrained'):
             return super().init_weights()
-        from mmengine.runner.checkpoint import CheckpointLoader
+        from dtop.utils.checkpoint import read_checkpoint, summarize_partial_load
 
-        from dtop.utils.checkpoint import check_finite_weights, summarize_partial_load
-        # the safe loader (registered by dtop.utils.checkpoint): nothing in the file runs
-        ckpt = CheckpointLoader.load_checkpoint(cfg['checkpoint'], logger=None,
-                                                map_location='cpu')
-        check_finite_weights(ckpt, cfg['checkpoint'])  # NaN/Inf ImageNet weights: refused
+        # the safe loader (nothing in the file runs); NaN/Inf ImageNet weights: refused
+        ckpt = read_checkpoint(cfg['checkpoint'])
         state_dict = dict(ckpt.get('state_dict', ckpt))
         pos = state_dict.get('pos_embed')
         if pos is not None and pos.shape != self.pos_embed.shape:

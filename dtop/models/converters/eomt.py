@@ -105,10 +105,10 @@ def convert_hf_eomt(state_dict: Mapping[str, Tensor],
     return out
 
 
-def eomt_arch(state_dict: Mapping[str, Tensor], num_heads: int) -> dict:
-    """Backbone / head arguments that fit a converted EoMT state dict (for tests
-    and the converter's printout): width, layers, registers, queries, classes."""
-    sd = convert_hf_eomt(state_dict)
+def eomt_arch(sd: Mapping[str, Tensor], num_heads: Optional[int]) -> dict:
+    """Backbone / head arguments that fit an EoMT state dict converted by
+    :func:`convert_hf_eomt` (for tests and the converter's printout): width,
+    layers, registers, queries, classes (``num_heads`` is not in the weights)."""
     C = sd['backbone.cls_token'].shape[-1]
     num_backbone = len({k.split('.')[2] for k in sd if k.startswith('backbone.layers.')})
     num_blocks = len({k.split('.')[2] for k in sd if k.startswith('decode_head.blocks.')})
@@ -138,15 +138,13 @@ def load_vit_blocks(head, checkpoint: str, offset: int) -> None:
         CheckpointMismatchError: the checkpoint lacks one of those blocks (or the
             norm), or a shape differs.
     """
-    from mmengine.runner.checkpoint import CheckpointLoader
-
-    from dtop.utils.checkpoint import check_finite_weights
+    from dtop.utils.checkpoint import read_checkpoint
     from dtop.utils.errors import CheckpointMismatchError
-    ckpt = CheckpointLoader.load_checkpoint(checkpoint, logger=None, map_location='cpu')
-    check_finite_weights(ckpt, checkpoint)
+    ckpt = read_checkpoint(checkpoint)  # safe loader; NaN/Inf weights refused
     sd = ckpt.get('state_dict', ckpt)
+    own = head.state_dict()
     wanted = {}
-    for name in head.state_dict():
+    for name in own:
         if name.startswith('blocks.'):
             j, rest = name[len('blocks.'):].split('.', 1)
             wanted[name] = f'layers.{offset + int(j)}.{rest}'
@@ -158,7 +156,6 @@ def load_vit_blocks(head, checkpoint: str, offset: int) -> None:
             f'{checkpoint} lacks {len(missing)} weight(s) the EoMT query blocks need '
             f'(first: {missing[0]}); the head takes ViT blocks {offset}.. of a converted '
             'DINOv2 checkpoint with as many blocks as backbone.num_layers + num_blocks')
-    own = head.state_dict()
     bad = [f'{src} {tuple(sd[src].shape)} vs {dst} {tuple(own[dst].shape)}'
            for dst, src in wanted.items() if sd[src].shape != own[dst].shape]
     if bad:

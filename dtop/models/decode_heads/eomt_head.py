@@ -170,18 +170,26 @@ class EoMTHead(BaseModule):
                        token_dest=start[segments.batch_index] + Q + P + segments.slot,
                        flat=segments.batch_index * (h * w) + grid.pos)
 
-    def predict(self, z: Tensor, lay: _Layout, grid: TokenGrid) -> Tuple[Tensor, Tensor]:
+    def _grid_base(self, tokens: Tensor, segments: Segments, grid: TokenGrid) -> Tensor:
+        """``(B * h * w, C)`` rows of the feature grid before the active tokens are
+        written in: the exited tokens' normalised hidden states at exit (zeros when
+        every token is active: every row is overwritten). The same for every
+        prediction of one forward, so computed once."""
+        if grid.frozen is not None:
+            return self.norm(grid.frozen).to(tokens.dtype)
+        h, w = grid.size
+        return tokens.new_zeros(segments.batch_size * h * w, tokens.shape[-1])
+
+    def predict(self, z: Tensor, lay: _Layout, grid: TokenGrid,
+                base: Tensor) -> Tuple[Tensor, Tensor]:
         """Mask logits ``(B, Q, 4h, 4w)`` and class logits ``(B, Q, K + 1)`` from the
-        normalised packed joint sequence ``z``."""
+        normalised packed joint sequence ``z`` and the grid rows ``base``
+        (:meth:`_grid_base`)."""
         B, Q = lay.query_dest.shape
         h, w = grid.size
         queries = z[lay.query_dest]  # (B, Q, C)
         class_logits = self.class_predictor(queries)
-        if grid.frozen is not None:  # exited cells: their hidden state at exit
-            feat = self.norm(grid.frozen).to(z.dtype)
-        else:  # every token is active: every row is written below
-            feat = z.new_zeros(B * h * w, z.shape[-1])
-        feat = feat.index_put((lay.flat,), z[lay.token_dest])
+        feat = base.to(z.dtype).index_put((lay.flat,), z[lay.token_dest])
         fmap = feat.view(B, h, w, -1).permute(0, 3, 1, 2)
         for layer in self.upscale:
             fmap = layer(fmap)
@@ -229,11 +237,12 @@ class EoMTHead(BaseModule):
                         lay.token_dest]),),
             torch.cat([query.reshape(-1, query.shape[-1]),
                        prefix.reshape(-1, prefix.shape[-1]), tokens]))
+        base = self._grid_base(tokens, segments, grid)
         masks, classes = [], []
         probs = self.attn_mask_probs.tolist()
         for i, block in enumerate(self.blocks):
             if self.training or probs[i] > 0:
-                mask_logits, class_logits = self.predict(self.norm(z), lay, grid)
+                mask_logits, class_logits = self.predict(self.norm(z), lay, grid, base)
                 masks.append(mask_logits)
                 classes.append(class_logits)
                 attn = self._attention_mask(mask_logits.detach(), self.attn_mask_probs[i],
@@ -241,7 +250,7 @@ class EoMTHead(BaseModule):
                 z = lay.joint.unpad(block(lay.joint.pad(z), attn))
             else:
                 z = block.forward_packed(z, lay.joint, self.attention_backend)
-        mask_logits, class_logits = self.predict(self.norm(z), lay, grid)
+        mask_logits, class_logits = self.predict(self.norm(z), lay, grid, base)
         masks.append(mask_logits)
         classes.append(class_logits)
         h, w = grid.size

@@ -124,7 +124,6 @@ def run_stage_loop(backbone, heads: Sequence, exit_policy, inputs: Tensor, *,
         final = s == S - 1
         with profile_region(f'dtop.backbone.stage{s}'):
             x = bb.forward_layers_packed(x, segs, start, end)
-        prefix = x[bb.prefix_mask(pos)].view(B, -1, x.shape[-1]) if track_frozen else None
         tokens, tok_pos, tok_segs = bb.head_tokens(x, pos, segs, final)
         counts.append(tok_segs.counts)
         flat = tok_segs.batch_index * N + tok_pos  # canvas row of each token
@@ -136,6 +135,7 @@ def run_stage_loop(backbone, heads: Sequence, exit_policy, inputs: Tensor, *,
             region = 'dtop.final_head' if final else f'dtop.aux_head{s}'
             with profile_region(region):
                 if getattr(heads[s], 'reads_grid', False):
+                    prefix = x[bb.prefix_mask(pos)].view(B, -1, x.shape[-1])
                     out = heads[s].forward_tokens(tokens, tok_segs, grid=TokenGrid(
                         tok_pos, (h, w), prefix, frozen))
                 else:
